@@ -1,0 +1,2 @@
+//! Placeholder until the topology benches land.
+fn main() {}

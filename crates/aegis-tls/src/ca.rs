@@ -1,0 +1,244 @@
+//! Generating the mesh CA and issuing node certificates with `rcgen`.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::{Duration, SystemTime};
+
+use aegis_id::NodeId;
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+};
+use ring::rand::SecureRandom;
+use rustls_pki_types::CertificateDer;
+
+use crate::{TlsError, pem};
+
+/// Default lifetime of a generated CA certificate.
+pub const CA_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Default lifetime of a generated node certificate.
+pub const NODE_VALIDITY: Duration = Duration::from_secs(90 * 24 * 3600);
+/// How far back `not_before` is set, so that peers whose clocks lag a little
+/// accept a certificate made a moment ago.
+const CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
+
+/// A validity period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Validity {
+    /// First instant of validity.
+    pub not_before: SystemTime,
+    /// Last instant of validity.
+    pub not_after: SystemTime,
+}
+
+impl Validity {
+    /// From a few minutes ago (clock skew) until `lifetime` from now.
+    pub fn from_now(lifetime: Duration) -> Self {
+        let now = SystemTime::now();
+        Self {
+            not_before: now.checked_sub(CLOCK_SKEW).unwrap_or(now),
+            not_after: now + lifetime,
+        }
+    }
+}
+
+/// A node certificate and its key, as PEM.
+#[derive(Clone)]
+pub struct IssuedCert {
+    /// The certificate, PEM.
+    pub cert_pem: String,
+    /// The certificate, DER.
+    pub cert_der: CertificateDer<'static>,
+    /// The private key, PKCS#8 PEM.
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for IssuedCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuedCert").finish_non_exhaustive()
+    }
+}
+
+/// The mesh certificate authority: signs node certificates.
+pub struct CertAuthority {
+    cert_pem: String,
+    cert_der: CertificateDer<'static>,
+    key_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl std::fmt::Debug for CertAuthority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertAuthority").finish_non_exhaustive()
+    }
+}
+
+impl CertAuthority {
+    /// Generates a new CA with an ECDSA P-256 key.
+    ///
+    /// # Errors
+    /// [`TlsError::Generate`] if key generation or signing fails.
+    pub fn generate(validity: Validity) -> Result<Self, TlsError> {
+        let generate = |source| TlsError::Generate {
+            what: "the mesh CA".to_owned(),
+            source,
+        };
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(generate)?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "aegis");
+        dn.push(DnType::CommonName, "aegis mesh CA");
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        params.serial_number = Some(random_serial()?);
+        set_validity(&mut params, validity);
+        let cert = params.self_signed(&key).map_err(generate)?;
+        let key_pem = key.serialize_pem();
+        Ok(Self {
+            cert_pem: cert.pem(),
+            cert_der: cert.der().clone(),
+            key_pem,
+            issuer: Issuer::new(params, key),
+        })
+    }
+
+    /// Loads a CA from its certificate and key (PKCS#8, or PKCS#1 RSA as the
+    /// reference implementation writes). `origin` names them in errors.
+    ///
+    /// # Errors
+    /// [`TlsError::NotPem`] / [`TlsError::Invalid`] for unreadable input,
+    /// [`TlsError::KeyMismatch`] if the key is not the certificate's.
+    pub fn from_pem(cert_pem: &str, key_pem: &str, origin: &str) -> Result<Self, TlsError> {
+        let cert_origin = format!("{origin} (CA certificate)");
+        let key_origin = format!("{origin} (CA key)");
+        let cert_der = pem::certs(cert_pem.as_bytes(), &cert_origin)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| TlsError::NotPem {
+                what: "certificate",
+                origin: cert_origin.clone(),
+            })?;
+        let key_der = pem::private_key(key_pem.as_bytes(), &key_origin)?;
+        let pkcs8 = pem::to_pkcs8(&key_der, &key_origin)?;
+        let key = KeyPair::try_from(&pkcs8).map_err(|e| TlsError::Invalid {
+            what: "CA private key",
+            origin: key_origin.clone(),
+            reason: e.to_string(),
+        })?;
+        let info = crate::CertInfo::parse(&cert_der, &cert_origin)?;
+        if !info.is_ca {
+            return Err(TlsError::Invalid {
+                what: "CA certificate",
+                origin: cert_origin,
+                reason: "it is not a CA (basic constraints say cA = false)".to_owned(),
+            });
+        }
+        let spki_matches = x509_parser::parse_x509_certificate(&cert_der)
+            .map(|(_, c)| c.public_key().subject_public_key.data.as_ref() == key.public_key_raw())
+            .unwrap_or(false);
+        if !spki_matches {
+            return Err(TlsError::KeyMismatch {
+                cert: cert_origin,
+                key: key_origin,
+            });
+        }
+        let issuer = Issuer::from_ca_cert_der(&cert_der, key).map_err(|e| TlsError::Invalid {
+            what: "CA certificate",
+            origin: cert_origin,
+            reason: e.to_string(),
+        })?;
+        Ok(Self {
+            cert_pem: cert_pem.to_owned(),
+            cert_der,
+            key_pem: key_pem.to_owned(),
+            issuer,
+        })
+    }
+
+    /// The CA certificate, PEM.
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// The CA certificate, DER.
+    pub fn cert_der(&self) -> &CertificateDer<'static> {
+        &self.cert_der
+    }
+
+    /// The CA private key, PEM. Keep it secret.
+    pub fn key_pem(&self) -> &str {
+        &self.key_pem
+    }
+
+    /// Issues a node certificate: CN and DNS SAN = the node ID, DNS SAN
+    /// `localhost`, IP SANs 127.0.0.1 and ::1, usable for TLS server and client
+    /// auth, with a fresh ECDSA P-256 key and a random serial number.
+    ///
+    /// # Errors
+    /// [`TlsError::Generate`] if key generation or signing fails.
+    pub fn issue(&self, node_id: &NodeId, validity: Validity) -> Result<IssuedCert, TlsError> {
+        let generate = |source| TlsError::Generate {
+            what: format!("a certificate for node {node_id}"),
+            source,
+        };
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(generate)?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "aegis");
+        dn.push(DnType::CommonName, node_id.as_str());
+        params.distinguished_name = dn;
+        let dns = |name: &str| {
+            name.to_owned()
+                .try_into()
+                .map(SanType::DnsName)
+                .map_err(generate)
+        };
+        params.subject_alt_names = vec![
+            dns(node_id.as_str())?,
+            dns("localhost")?,
+            SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            SanType::IpAddress(IpAddr::V6(Ipv6Addr::LOCALHOST)),
+        ];
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        params.serial_number = Some(random_serial()?);
+        set_validity(&mut params, validity);
+        let cert = params.signed_by(&key, &self.issuer).map_err(generate)?;
+        Ok(IssuedCert {
+            cert_pem: cert.pem(),
+            cert_der: cert.der().clone(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+}
+
+fn set_validity(params: &mut CertificateParams, validity: Validity) {
+    params.not_before = validity.not_before.into();
+    params.not_after = validity.not_after.into();
+}
+
+/// 16 random bytes from the system RNG; positive (top bit clear) and with a
+/// non-zero first byte, so that the DER INTEGER keeps all 16 bytes.
+fn random_serial() -> Result<SerialNumber, TlsError> {
+    let mut bytes = [0u8; 16];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| TlsError::Generate {
+            what: "a serial number".to_owned(),
+            source: rcgen::Error::RingUnspecified,
+        })?;
+    bytes[0] &= 0x7f;
+    if bytes[0] == 0 {
+        bytes[0] = 1;
+    }
+    Ok(SerialNumber::from_slice(&bytes))
+}

@@ -1,0 +1,259 @@
+//! The certificate directory: layout, first-run generation, safe writes.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use aegis_id::NodeId;
+
+use crate::ca::{CA_VALIDITY, NODE_VALIDITY};
+use crate::{CertAuthority, TlsConfig, TlsError, TlsOptions, Validity, load_tls_config};
+
+const CA_CERT: &str = "ca-cert.pem";
+const CA_KEY: &str = "ca-key.pem";
+const LOCK: &str = ".aegis.lock";
+const KEY_MODE: u32 = 0o600;
+const CERT_MODE: u32 = 0o644;
+const DIR_MODE: u32 = 0o700;
+
+/// A certificate directory in the layout the reference implementation uses:
+/// `ca-cert.pem`, `ca-key.pem`, `{id}-cert.pem`, `{id}-key.pem`.
+///
+/// Keys are written with mode 0600 (from their first byte: the file is
+/// created with that mode), the directory is created with mode 0700, every
+/// file is written to a temporary name and renamed into place, and
+/// generation holds an exclusive lock on `.aegis.lock`, so that processes
+/// starting together on a fresh directory end up with one CA.
+#[derive(Debug, Clone)]
+pub struct CertDir {
+    root: PathBuf,
+}
+
+/// What [`CertDir::ensure_node`] had to create.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Created {
+    /// The CA was generated.
+    pub ca: bool,
+    /// The node certificate and key were issued.
+    pub node: bool,
+}
+
+impl CertDir {
+    /// A directory at `root` (not touched until used).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.root
+    }
+
+    /// `ca-cert.pem`.
+    pub fn ca_cert_path(&self) -> PathBuf {
+        self.root.join(CA_CERT)
+    }
+
+    /// `ca-key.pem`.
+    pub fn ca_key_path(&self) -> PathBuf {
+        self.root.join(CA_KEY)
+    }
+
+    /// `{id}-cert.pem`.
+    pub fn node_cert_path(&self, id: &NodeId) -> PathBuf {
+        self.node_cert_path_unchecked(id.as_str())
+    }
+
+    /// `{id}-key.pem`.
+    pub fn node_key_path(&self, id: &NodeId) -> PathBuf {
+        self.node_key_path_unchecked(id.as_str())
+    }
+
+    pub(crate) fn node_cert_path_unchecked(&self, id: &str) -> PathBuf {
+        self.root.join(format!("{id}-cert.pem"))
+    }
+
+    pub(crate) fn node_key_path_unchecked(&self, id: &str) -> PathBuf {
+        self.root.join(format!("{id}-key.pem"))
+    }
+
+    /// Makes sure the CA and the certificate of `id` exist, creating what is
+    /// missing, and says what it created. Existing files are never replaced.
+    ///
+    /// # Errors
+    /// [`TlsError::InvalidNodeId`] before anything touches the disk; I/O and
+    /// generation errors naming the path.
+    pub fn ensure_node(&self, id: &str) -> Result<Created, TlsError> {
+        let id = NodeId::new(id)?;
+        let cert_path = self.node_cert_path(&id);
+        if self.ca_cert_path().exists() && cert_path.exists() && self.node_key_path(&id).exists() {
+            return Ok(Created::default());
+        }
+        self.create_dir()?;
+        let _lock = self.lock()?;
+        // Re-check under the lock: another process may have finished first.
+        let mut created = Created::default();
+        let ca = match self.load_ca()? {
+            Some(ca) => ca,
+            None => {
+                created.ca = true;
+                self.generate_ca()?
+            }
+        };
+        if !cert_path.exists() || !self.node_key_path(&id).exists() {
+            let ca = ca.ok_or_else(|| TlsError::Missing {
+                what: "CA private key (needed to issue a node certificate)",
+                path: self.ca_key_path(),
+            })?;
+            let issued = ca.issue(&id, Validity::from_now(NODE_VALIDITY))?;
+            // Key first: a certificate on disk always has its key beside it.
+            write_atomic(
+                &self.node_key_path(&id),
+                issued.key_pem.as_bytes(),
+                KEY_MODE,
+            )?;
+            write_atomic(&cert_path, issued.cert_pem.as_bytes(), CERT_MODE)?;
+            created.node = true;
+            tracing::info!(node_id = %id, dir = %self.root.display(), "issued node certificate");
+        }
+        Ok(created)
+    }
+
+    /// The CA, if its certificate exists: `Some(Some(ca))` with its key,
+    /// `Some(None)` when only the certificate is there (a node that may use
+    /// but not issue certificates). `None` when the directory has no CA.
+    fn load_ca(&self) -> Result<Option<Option<CertAuthority>>, TlsError> {
+        let cert_path = self.ca_cert_path();
+        let key_path = self.ca_key_path();
+        let cert_pem = match read_text(&cert_path, "CA certificate")? {
+            Some(pem) => pem,
+            None if key_path.exists() => {
+                return Err(TlsError::Inconsistent {
+                    path: self.root.clone(),
+                    reason: format!(
+                        "{} exists but {} does not; restore the certificate or remove the key",
+                        key_path.display(),
+                        cert_path.display()
+                    ),
+                });
+            }
+            None => return Ok(None),
+        };
+        let Some(key_pem) = read_text(&key_path, "CA private key")? else {
+            return Ok(Some(None));
+        };
+        let origin = self.root.display().to_string();
+        CertAuthority::from_pem(&cert_pem, &key_pem, &origin).map(|ca| Some(Some(ca)))
+    }
+
+    fn generate_ca(&self) -> Result<Option<CertAuthority>, TlsError> {
+        let ca = CertAuthority::generate(Validity::from_now(CA_VALIDITY))?;
+        write_atomic(&self.ca_key_path(), ca.key_pem().as_bytes(), KEY_MODE)?;
+        write_atomic(&self.ca_cert_path(), ca.cert_pem().as_bytes(), CERT_MODE)?;
+        tracing::info!(dir = %self.root.display(), "generated mesh CA");
+        Ok(Some(ca))
+    }
+
+    fn create_dir(&self) -> Result<(), TlsError> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(DIR_MODE)
+            .create(&self.root)
+            .map_err(|source| TlsError::Write {
+                path: self.root.clone(),
+                source,
+            })
+    }
+
+    fn lock(&self) -> Result<File, TlsError> {
+        let path = self.root.join(LOCK);
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(KEY_MODE)
+            .open(&path)
+            .map_err(|source| TlsError::Lock {
+                path: path.clone(),
+                source,
+            })?;
+        file.lock()
+            .map_err(|source| TlsError::Lock { path, source })?;
+        Ok(file)
+    }
+}
+
+/// Loads the TLS identity of `node_id` from `cert_dir`, generating on first
+/// run whatever is missing: the CA, then the node certificate. The result is
+/// checked as [`load_tls_config`] checks (chain, validity, key match).
+///
+/// ```
+/// let dir = std::env::temp_dir().join(format!("aegis-doc-{}", std::process::id()));
+/// let tls = aegis_tls::load_or_generate_tls("node-1", &dir)?;
+/// assert_eq!(tls.node_id().as_str(), "node-1");
+/// # std::fs::remove_dir_all(&dir).ok();
+/// # Ok::<(), aegis_tls::TlsError>(())
+/// ```
+///
+/// # Errors
+/// [`TlsError::InvalidNodeId`] before anything touches the disk; otherwise
+/// the first file that is missing, unreadable or fails a check.
+pub fn load_or_generate_tls(
+    node_id: &str,
+    cert_dir: impl AsRef<Path>,
+) -> Result<TlsConfig, TlsError> {
+    let dir = CertDir::new(cert_dir.as_ref());
+    dir.ensure_node(node_id)?;
+    load_tls_config(&TlsOptions::from_cert_dir(cert_dir, node_id))
+}
+
+/// Reads a text file; `None` if it does not exist.
+fn read_text(path: &Path, what: &'static str) -> Result<Option<String>, TlsError> {
+    match fs::read_to_string(path) {
+        Ok(s) => Ok(Some(s)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(TlsError::Read {
+            what,
+            origin: path.display().to_string(),
+            source,
+        }),
+    }
+}
+
+/// Writes `data` to a fresh temporary file created with `mode`, syncs it,
+/// and renames it over `path`; a crash leaves either the old file or the
+/// new one, never half of one.
+fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), TlsError> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let err = |source| TlsError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = dir.join(format!(
+        ".{name}.{}.{}.tmp",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let result = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
+        // The umask may have narrowed the mode further; never widen it, but
+        // make sure a certificate stays readable.
+        file.set_permissions(fs::Permissions::from_mode(mode))?;
+        file.write_all(data)?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)?;
+        File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map_err(err)
+}

@@ -1,0 +1,304 @@
+//! The certificate directory on a real file system.
+
+use std::collections::HashSet;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, SystemTime};
+
+use aegis_tls::{
+    CertAuthority, CertDir, CertInfo, NodeId, TlsError, TlsOptions, Validity, load_or_generate_tls,
+    load_tls_config,
+};
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+fn days(d: Duration) -> u64 {
+    d.as_secs() / 86_400
+}
+
+#[test]
+fn first_run_generates_the_reference_layout_with_private_keys() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("certs");
+    let tls = load_or_generate_tls("node-1", &dir).unwrap();
+    assert_eq!(tls.node_id().as_str(), "node-1");
+
+    for f in [
+        "ca-cert.pem",
+        "ca-key.pem",
+        "node-1-cert.pem",
+        "node-1-key.pem",
+    ] {
+        assert!(dir.join(f).is_file(), "{f} missing");
+    }
+    assert_eq!(mode(&dir), 0o700);
+    assert_eq!(mode(&dir.join("ca-key.pem")), 0o600);
+    assert_eq!(mode(&dir.join("node-1-key.pem")), 0o600);
+    assert_eq!(mode(&dir.join("node-1-cert.pem")), 0o644);
+    // No temporary files left behind.
+    let names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(names.is_empty(), "{names:?}");
+
+    let info = tls.cert_info();
+    assert_eq!(info.common_name.as_deref(), Some("node-1"));
+    assert_eq!(info.dns_names, ["node-1", "localhost"]);
+    assert!(info.has_san("127.0.0.1") && info.has_san("::1"));
+    assert!(!info.is_ca);
+    let node_life = info.not_after.duration_since(SystemTime::now()).unwrap();
+    assert!((89..=90).contains(&days(node_life)), "{node_life:?}");
+
+    let ca = CertInfo::from_der(&tls.ca_certs()[0]).unwrap();
+    assert!(ca.is_ca);
+    let ca_life = ca.not_after.duration_since(SystemTime::now()).unwrap();
+    assert!((364..=365).contains(&days(ca_life)), "{ca_life:?}");
+}
+
+#[test]
+fn second_run_loads_without_rewriting() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = load_or_generate_tls("node-1", tmp.path()).unwrap();
+    let before = std::fs::read(tmp.path().join("ca-cert.pem")).unwrap();
+    let b = load_or_generate_tls("node-1", tmp.path()).unwrap();
+    assert_eq!(a.cert_chain(), b.cert_chain());
+    assert_eq!(
+        before,
+        std::fs::read(tmp.path().join("ca-cert.pem")).unwrap()
+    );
+    // A second node joins the same CA.
+    let c = load_or_generate_tls("node-2", tmp.path()).unwrap();
+    assert_eq!(a.ca_certs(), c.ca_certs());
+}
+
+#[test]
+fn serial_numbers_are_random_and_never_repeat() {
+    let ca = CertAuthority::generate(Validity::from_now(Duration::from_secs(3600))).unwrap();
+    let id = NodeId::new("same-node").unwrap();
+    let mut serials = HashSet::new();
+    for _ in 0..200 {
+        let cert = ca
+            .issue(&id, Validity::from_now(Duration::from_secs(60)))
+            .unwrap();
+        let info = CertInfo::from_der(&cert.cert_der).unwrap();
+        assert_eq!(info.serial.len(), 16, "{}", info.serial_hex());
+        assert!(info.serial[0] & 0x80 == 0 && info.serial[0] != 0);
+        assert!(serials.insert(info.serial), "serial repeated");
+    }
+}
+
+#[test]
+fn concurrent_first_starts_make_exactly_one_ca() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = Arc::new(tmp.path().join("fresh"));
+    let n = 12;
+    let barrier = Arc::new(Barrier::new(n));
+    let handles: Vec<_> = (0..n)
+        .map(|i| {
+            let (dir, barrier) = (Arc::clone(&dir), Arc::clone(&barrier));
+            std::thread::spawn(move || {
+                barrier.wait();
+                load_or_generate_tls(&format!("node-{i}"), &*dir)
+            })
+        })
+        .collect();
+    let configs: Vec<_> = handles
+        .into_iter()
+        .map(|h| h.join().unwrap().unwrap())
+        .collect();
+    let ca = std::fs::read(dir.join("ca-cert.pem")).unwrap();
+    let ca = aegis_tls::pki_types::CertificateDer::from(rustls_pem_to_der(&ca));
+    let ca = std::slice::from_ref(&ca);
+    for tls in &configs {
+        assert_eq!(
+            tls.ca_certs(),
+            ca,
+            "{:?} holds another CA",
+            tls.node_id()
+        );
+        // Every node certificate chains to the one CA on disk.
+        let opts = TlsOptions::from_cert_dir(&*dir, tls.node_id().as_str());
+        load_tls_config(&opts).unwrap();
+    }
+}
+
+fn rustls_pem_to_der(pem: &[u8]) -> Vec<u8> {
+    use aegis_tls::pki_types::pem::PemObject;
+    aegis_tls::pki_types::CertificateDer::from_pem_slice(pem)
+        .unwrap()
+        .to_vec()
+}
+
+#[test]
+fn bad_node_ids_touch_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("never");
+    for bad in ["", "a/b", "..", "has space", "x\0y", &"a".repeat(254)] {
+        let err = load_or_generate_tls(bad, &dir).unwrap_err();
+        assert!(matches!(err, TlsError::InvalidNodeId(_)), "{bad:?}: {err}");
+    }
+    assert!(!dir.exists());
+    let err = load_or_generate_tls("../escape", &dir).unwrap_err();
+    assert!(err.to_string().contains("'/'"), "{err}");
+}
+
+#[test]
+fn a_directory_with_only_the_ca_certificate_cannot_issue() {
+    let tmp = tempfile::tempdir().unwrap();
+    load_or_generate_tls("node-1", tmp.path()).unwrap();
+    std::fs::remove_file(tmp.path().join("ca-key.pem")).unwrap();
+    // Existing identities still load.
+    load_or_generate_tls("node-1", tmp.path()).unwrap();
+    let err = load_or_generate_tls("node-2", tmp.path()).unwrap_err();
+    assert!(matches!(err, TlsError::Missing { .. }), "{err}");
+    assert!(err.to_string().contains("ca-key.pem"), "{err}");
+}
+
+#[test]
+fn an_orphaned_ca_key_is_not_overwritten() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("ca-key.pem"), "precious").unwrap();
+    let err = load_or_generate_tls("node-1", tmp.path()).unwrap_err();
+    assert!(matches!(err, TlsError::Inconsistent { .. }), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(tmp.path().join("ca-key.pem")).unwrap(),
+        "precious"
+    );
+}
+
+fn openssl(args: &[&str], dir: &Path) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("the openssl command runs (CI installs it)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The reference implementation writes RSA keys in PKCS#1 PEM. Build such a
+/// directory with openssl and check that it loads, and that new node
+/// certificates can be issued from its RSA CA.
+#[test]
+fn reads_a_reference_directory_with_pkcs1_rsa_keys() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    std::fs::write(
+        d.join("node.ext"),
+        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n\
+         extendedKeyUsage=serverAuth,clientAuth\n\
+         subjectAltName=DNS:go-node,DNS:localhost,IP:127.0.0.1,IP:::1\n",
+    )
+    .unwrap();
+    openssl(&["genrsa", "-traditional", "-out", "ca-key.pem", "2048"], d);
+    openssl(
+        &[
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            "ca-key.pem",
+            "-days",
+            "365",
+            "-subj",
+            "/O=aegis/CN=aegis CA",
+            "-out",
+            "ca-cert.pem",
+        ],
+        d,
+    );
+    openssl(
+        &["genrsa", "-traditional", "-out", "go-node-key.pem", "2048"],
+        d,
+    );
+    openssl(
+        &[
+            "req",
+            "-new",
+            "-key",
+            "go-node-key.pem",
+            "-subj",
+            "/CN=go-node",
+            "-out",
+            "go-node.csr",
+        ],
+        d,
+    );
+    openssl(
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "go-node.csr",
+            "-CA",
+            "ca-cert.pem",
+            "-CAkey",
+            "ca-key.pem",
+            "-CAcreateserial",
+            "-days",
+            "90",
+            "-extfile",
+            "node.ext",
+            "-out",
+            "go-node-cert.pem",
+        ],
+        d,
+    );
+    let key = std::fs::read_to_string(d.join("go-node-key.pem")).unwrap();
+    assert!(
+        key.starts_with("-----BEGIN RSA PRIVATE KEY-----"),
+        "not PKCS#1: {key:.40}"
+    );
+
+    let tls = load_or_generate_tls("go-node", d).unwrap();
+    assert_eq!(tls.node_id().as_str(), "go-node");
+    // A Rust node joins the Go node's mesh: issued from the PKCS#1 RSA CA key.
+    let rust = load_or_generate_tls("rust-node", d).unwrap();
+    assert_eq!(rust.ca_certs(), tls.ca_certs());
+    openssl(
+        &["verify", "-CAfile", "ca-cert.pem", "rust-node-cert.pem"],
+        d,
+    );
+}
+
+#[test]
+fn openssl_accepts_what_we_generate() {
+    let tmp = tempfile::tempdir().unwrap();
+    load_or_generate_tls("node-1", tmp.path()).unwrap();
+    openssl(
+        &["verify", "-CAfile", "ca-cert.pem", "node-1-cert.pem"],
+        tmp.path(),
+    );
+    openssl(
+        &[
+            "verify",
+            "-purpose",
+            "sslclient",
+            "-CAfile",
+            "ca-cert.pem",
+            "node-1-cert.pem",
+        ],
+        tmp.path(),
+    );
+}
+
+#[test]
+fn cert_dir_reports_what_it_created() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = CertDir::new(tmp.path());
+    let first = dir.ensure_node("a").unwrap();
+    assert!(first.ca && first.node);
+    let second = dir.ensure_node("b").unwrap();
+    assert!(!second.ca && second.node);
+    let again = dir.ensure_node("a").unwrap();
+    assert!(!again.ca && !again.node);
+}
