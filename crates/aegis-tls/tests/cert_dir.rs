@@ -116,12 +116,7 @@ fn concurrent_first_starts_make_exactly_one_ca() {
     let ca = aegis_tls::pki_types::CertificateDer::from(rustls_pem_to_der(&ca));
     let ca = std::slice::from_ref(&ca);
     for tls in &configs {
-        assert_eq!(
-            tls.ca_certs(),
-            ca,
-            "{:?} holds another CA",
-            tls.node_id()
-        );
+        assert_eq!(tls.ca_certs(), ca, "{:?} holds another CA", tls.node_id());
         // Every node certificate chains to the one CA on disk.
         let opts = TlsOptions::from_cert_dir(&*dir, tls.node_id().as_str());
         load_tls_config(&opts).unwrap();

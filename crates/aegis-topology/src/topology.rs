@@ -1,0 +1,703 @@
+//! The shared, versioned topology handle and its service indexes.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ops::Deref;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use aegis_id::NodeId;
+
+use crate::TopologyError;
+use crate::digest::{Digest, EntryDigest, Precedence, content_hash, digest_term};
+use crate::types::{Entry, NodeInfo, NodeState, Stamp};
+
+/// Bounds on what a remote peer may make this topology hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest name, address, type, service name or service version, in bytes.
+    pub max_field_bytes: usize,
+    /// Most services one node may list.
+    pub max_services: usize,
+    /// Most entries one delta may carry.
+    pub max_delta_entries: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_field_bytes: 1024,
+            max_services: 256,
+            max_delta_entries: 65_536,
+        }
+    }
+}
+
+/// How a [`Topology`] is set up.
+#[derive(Debug, Clone, Default)]
+pub struct TopologyConfig {
+    /// The ID of the node that owns this topology. Its entry can only be
+    /// changed locally: a remote entry for it with a higher stamp makes the
+    /// topology raise its own stamp above that one instead.
+    pub local_id: Option<NodeId>,
+    /// The generation of the stamps this topology writes (for example the
+    /// process start time), so that a restarted node's entries win over
+    /// those of its previous life.
+    pub generation: u64,
+    /// Bounds on remote input.
+    pub limits: Limits,
+}
+
+/// An immutable, shared list of nodes in ID order; cloning it is one atomic
+/// increment.
+#[derive(Clone)]
+pub struct Providers(Arc<[Arc<NodeInfo>]>);
+
+impl Providers {
+    fn from_members<'a>(members: impl Iterator<Item = &'a Arc<NodeInfo>>) -> Self {
+        Self(members.cloned().collect())
+    }
+}
+
+impl Deref for Providers {
+    type Target = [Arc<NodeInfo>];
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Providers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|n| &n.id))
+            .finish()
+    }
+}
+
+/// What an [`Topology::apply`] changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApplyReport {
+    /// Nodes whose entry changed, in ID order.
+    pub changed: Vec<NodeId>,
+    /// Entries that were older than or equal to what was held.
+    pub ignored: usize,
+    /// A remote entry claimed this node's own ID with a newer stamp; the
+    /// topology raised its own stamp above it and kept its own content.
+    pub refuted: bool,
+}
+
+/// What two topologies must exchange, from one side's view.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Comparison {
+    /// Entries the other side lacks or holds older.
+    pub send: Vec<Entry>,
+    /// Nodes for which the other side holds a newer entry, or one this side lacks.
+    pub want: Vec<NodeId>,
+}
+
+/// One node's entry as held.
+#[derive(Clone)]
+struct Slot {
+    info: Arc<NodeInfo>,
+    stamp: Stamp,
+    state: NodeState,
+    content: u64,
+    /// When this topology learnt that the node left (for purging).
+    left_at: Option<SystemTime>,
+}
+
+impl Slot {
+    fn new(info: Arc<NodeInfo>, stamp: Stamp, state: NodeState) -> Self {
+        let content = content_hash(&info);
+        let left_at = (state == NodeState::Left).then(SystemTime::now);
+        Self {
+            info,
+            stamp,
+            state,
+            content,
+            left_at,
+        }
+    }
+
+    fn precedence(&self) -> Precedence {
+        Precedence {
+            stamp: self.stamp,
+            state: self.state,
+            content: self.content,
+        }
+    }
+
+    fn term(&self) -> u128 {
+        digest_term(&self.info.id, self.precedence())
+    }
+
+    fn entry(&self) -> Entry {
+        Entry {
+            info: Arc::clone(&self.info),
+            stamp: self.stamp,
+            state: self.state,
+        }
+    }
+
+    fn digest(&self) -> EntryDigest {
+        EntryDigest {
+            id: self.info.id.clone(),
+            stamp: self.stamp,
+            state: self.state,
+            content: self.content,
+        }
+    }
+}
+
+/// Published provider lists of one service name.
+#[derive(Clone)]
+struct Published {
+    any_version: Providers,
+    by_version: HashMap<String, Providers>,
+}
+
+type Members = BTreeMap<NodeId, Arc<NodeInfo>>;
+
+#[derive(Default)]
+struct State {
+    entries: BTreeMap<NodeId, Slot>,
+    /// service name → version → available nodes offering it.
+    members: HashMap<String, HashMap<String, Members>>,
+    /// The snapshots readers get; rebuilt for the names a write touched.
+    published: HashMap<String, Published>,
+    digest: Digest,
+    version: u64,
+    live: usize,
+}
+
+impl State {
+    /// Puts `slot` in place of whatever was held for its ID, keeping the
+    /// digest and the member sets right, and notes the service names touched.
+    fn install(&mut self, slot: Slot, touched: &mut HashSet<String>) {
+        let id = slot.info.id.clone();
+        if let Some(old) = self.entries.get(&id) {
+            self.digest.remove(old.term());
+            if old.state != NodeState::Left {
+                self.live -= 1;
+            }
+            if old.state.is_available() {
+                for s in &old.info.services {
+                    if let Some(versions) = self.members.get_mut(&s.name) {
+                        if let Some(m) = versions.get_mut(&s.version) {
+                            m.remove(&id);
+                            if m.is_empty() {
+                                versions.remove(&s.version);
+                            }
+                        }
+                        if versions.is_empty() {
+                            self.members.remove(&s.name);
+                        }
+                    }
+                    touched.insert(s.name.clone());
+                }
+            }
+        }
+        self.digest.add(slot.term());
+        if slot.state != NodeState::Left {
+            self.live += 1;
+        }
+        if slot.state.is_available() {
+            for s in &slot.info.services {
+                self.members
+                    .entry(s.name.clone())
+                    .or_default()
+                    .entry(s.version.clone())
+                    .or_default()
+                    .insert(id.clone(), Arc::clone(&slot.info));
+                touched.insert(s.name.clone());
+            }
+        }
+        self.entries.insert(id, slot);
+        self.version += 1;
+    }
+
+    fn snapshot(&self, name: &str) -> Option<Published> {
+        let versions = self.members.get(name)?;
+        let mut any: Members = BTreeMap::new();
+        let by_version = versions
+            .iter()
+            .map(|(v, m)| {
+                any.extend(m.iter().map(|(k, n)| (k.clone(), Arc::clone(n))));
+                (v.clone(), Providers::from_members(m.values()))
+            })
+            .collect();
+        Some(Published {
+            any_version: Providers::from_members(any.values()),
+            by_version,
+        })
+    }
+}
+
+struct Shared {
+    /// Serialises writers, so that a write can prepare its work under a read
+    /// lock and hold the write lock only to install it.
+    writer: Mutex<()>,
+    state: RwLock<State>,
+    empty: Providers,
+    config: TopologyConfig,
+}
+
+/// The mesh's shared view: who is in it, where, offering what.
+///
+/// A cheap-to-clone handle (`Send + Sync`); every method takes `&self`.
+/// Readers never wait for a write's preparation (validation, hashing,
+/// rebuilding provider lists): writers hold the exclusive lock only to swap
+/// prepared data in. Provider lookups read an index and clone an `Arc`;
+/// they never scan the mesh and never allocate.
+///
+/// ```
+/// use aegis_topology::{NodeInfo, ServiceInfo, Topology};
+///
+/// let topology = Topology::new();
+/// topology.add_node(
+///     NodeInfo::new("identity-1", "identity", "127.0.0.1:7001")?
+///         .with_services([ServiceInfo::new("identity", "v1")]),
+/// )?;
+/// let providers = topology.get_service_providers("identity", "v1");
+/// assert_eq!(providers[0].id.as_str(), "identity-1");
+/// assert!(topology.get_service_providers("identity", "v2").is_empty());
+/// # Ok::<(), aegis_topology::TopologyError>(())
+/// ```
+#[derive(Clone)]
+pub struct Topology {
+    shared: Arc<Shared>,
+}
+
+impl Default for Topology {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for Topology {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = self.read();
+        f.debug_struct("Topology")
+            .field("local_id", &self.shared.config.local_id)
+            .field("nodes", &s.live)
+            .field("version", &s.version)
+            .finish_non_exhaustive()
+    }
+}
+
+fn now_unix() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+impl Topology {
+    /// An empty topology with default limits, generation 0 and no owner.
+    pub fn new() -> Self {
+        Self::with_config(TopologyConfig::default())
+    }
+
+    /// An empty topology set up as `config` says.
+    pub fn with_config(config: TopologyConfig) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                writer: Mutex::new(()),
+                state: RwLock::new(State::default()),
+                empty: Providers(Arc::from(Vec::new())),
+                config,
+            }),
+        }
+    }
+
+    /// The owner's ID, if set.
+    pub fn local_id(&self) -> Option<&NodeId> {
+        self.shared.config.local_id.as_ref()
+    }
+
+    /// The limits on remote input.
+    pub fn limits(&self) -> &Limits {
+        &self.shared.config.limits
+    }
+
+    // A poisoned lock only means a panic elsewhere while holding it; every
+    // write installs whole entries, so the data is still consistent.
+    fn read(&self) -> RwLockReadGuard<'_, State> {
+        self.shared
+            .state
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, State> {
+        self.shared
+            .state
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn writer(&self) -> MutexGuard<'_, ()> {
+        self.shared
+            .writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Installs prepared slots and republishes the provider lists they touch.
+    /// The caller holds the writer lock.
+    fn commit(&self, slots: Vec<Slot>) {
+        if slots.is_empty() {
+            return;
+        }
+        let mut touched = HashSet::new();
+        {
+            let mut state = self.write();
+            for slot in slots {
+                state.install(slot, &mut touched);
+            }
+        }
+        let fresh: Vec<(String, Option<Published>)> = {
+            let state = self.read();
+            touched
+                .into_iter()
+                .map(|name| {
+                    let snap = state.snapshot(&name);
+                    (name, snap)
+                })
+                .collect()
+        };
+        let mut state = self.write();
+        for (name, snap) in fresh {
+            match snap {
+                Some(p) => {
+                    state.published.insert(name, p);
+                }
+                None => {
+                    state.published.remove(&name);
+                }
+            }
+        }
+    }
+
+    fn check(&self, info: &NodeInfo) -> Result<(), TopologyError> {
+        validate(info, &self.shared.config.limits)
+    }
+
+    /// Adds a node. Unset timestamps (0) are set to now.
+    ///
+    /// # Errors
+    /// [`TopologyError::AlreadyExists`] if the ID has an entry that is not a
+    /// tombstone (re-adding a removed node works); a limit error if a field
+    /// is too long.
+    pub fn add_node(&self, mut info: NodeInfo) -> Result<(), TopologyError> {
+        self.check(&info)?;
+        let now = now_unix();
+        if info.joined_at == 0 {
+            info.joined_at = now;
+        }
+        if info.updated_at == 0 {
+            info.updated_at = now;
+        }
+        let _w = self.writer();
+        let first = Stamp::new(self.shared.config.generation, 1);
+        let stamp = match self.read().entries.get(&info.id) {
+            Some(old) if old.state != NodeState::Left => {
+                return Err(TopologyError::AlreadyExists(info.id));
+            }
+            Some(old) => first.max(old.stamp.next()),
+            None => first,
+        };
+        self.commit(vec![Slot::new(Arc::new(info), stamp, NodeState::Alive)]);
+        Ok(())
+    }
+
+    /// Replaces a node's entry, keeping its `joined_at`; marks it alive.
+    /// An unset `updated_at` (0) is set to now.
+    ///
+    /// # Errors
+    /// [`TopologyError::NotFound`] if the node is absent or has left.
+    pub fn update_node(&self, mut info: NodeInfo) -> Result<(), TopologyError> {
+        self.check(&info)?;
+        if info.updated_at == 0 {
+            info.updated_at = now_unix();
+        }
+        let _w = self.writer();
+        let stamp = match self.read().entries.get(&info.id) {
+            Some(old) if old.state != NodeState::Left => {
+                info.joined_at = old.info.joined_at;
+                old.stamp.next()
+            }
+            _ => return Err(TopologyError::NotFound(info.id)),
+        };
+        self.commit(vec![Slot::new(Arc::new(info), stamp, NodeState::Alive)]);
+        Ok(())
+    }
+
+    /// Removes a node, leaving a tombstone that wins over the older live
+    /// entries other topologies hold.
+    ///
+    /// # Errors
+    /// [`TopologyError::NotFound`] if the node is absent or has left already.
+    pub fn remove_node(&self, id: &str) -> Result<(), TopologyError> {
+        let _w = self.writer();
+        let slot = match self.read().entries.get(id) {
+            Some(old) if old.state != NodeState::Left => {
+                Slot::new(Arc::clone(&old.info), old.stamp.next(), NodeState::Left)
+            }
+            _ => return Err(TopologyError::NotFound(NodeId::new(id)?)),
+        };
+        self.commit(vec![slot]);
+        Ok(())
+    }
+
+    /// Marks a node suspect or dead, as an observer: the stamp stays, so the
+    /// node itself refutes by raising it. Returns whether anything changed
+    /// (marking only ever moves towards dead).
+    ///
+    /// # Errors
+    /// [`TopologyError::NotFound`] if the node is absent or has left.
+    pub fn mark(&self, id: &str, state: NodeState) -> Result<bool, TopologyError> {
+        let _w = self.writer();
+        let slot = match self.read().entries.get(id) {
+            Some(old) if old.state != NodeState::Left => {
+                if state <= old.state || state == NodeState::Left {
+                    return Ok(false);
+                }
+                if self.local_id().is_some_and(|me| me.as_str() == id) {
+                    return Ok(false);
+                }
+                Slot::new(Arc::clone(&old.info), old.stamp, state)
+            }
+            _ => return Err(TopologyError::NotFound(NodeId::new(id)?)),
+        };
+        self.commit(vec![slot]);
+        Ok(true)
+    }
+
+    /// Merges remote entries: per node, the one with the higher precedence
+    /// (stamp, then state, then content hash) stays. All entries are checked
+    /// first; if any breaks a rule nothing is applied.
+    ///
+    /// # Errors
+    /// [`TopologyError::DeltaTooLarge`], [`TopologyError::DuplicateEntry`] or
+    /// a field limit error naming the node.
+    pub fn apply(&self, entries: Vec<Entry>) -> Result<ApplyReport, TopologyError> {
+        let limits = &self.shared.config.limits;
+        if entries.len() > limits.max_delta_entries {
+            return Err(TopologyError::DeltaTooLarge {
+                count: entries.len(),
+                max: limits.max_delta_entries,
+            });
+        }
+        let mut seen = HashSet::with_capacity(entries.len());
+        for e in &entries {
+            validate(&e.info, limits)?;
+            if !seen.insert(&e.info.id) {
+                return Err(TopologyError::DuplicateEntry(e.info.id.clone()));
+            }
+        }
+        drop(seen);
+        let incoming: Vec<Slot> = entries
+            .into_iter()
+            .map(|e| Slot::new(e.info, e.stamp, e.state))
+            .collect();
+
+        let _w = self.writer();
+        let mut report = ApplyReport::default();
+        let mut winners = Vec::new();
+        {
+            let state = self.read();
+            for slot in incoming {
+                let held = state.entries.get(&slot.info.id);
+                if held.is_some_and(|h| h.precedence() >= slot.precedence()) {
+                    report.ignored += 1;
+                    continue;
+                }
+                let own = self.local_id().is_some_and(|me| *me == slot.info.id);
+                match held {
+                    Some(mine) if own => {
+                        // Nobody else writes this node's entry: answer with a
+                        // stamp above the claim, keeping our own content.
+                        let stamp = mine.stamp.max(slot.stamp).next();
+                        winners.push(Slot::new(Arc::clone(&mine.info), stamp, NodeState::Alive));
+                        report.refuted = true;
+                    }
+                    _ => winners.push(slot),
+                }
+            }
+        }
+        report.changed = winners.iter().map(|s| s.info.id.clone()).collect();
+        report.changed.sort();
+        self.commit(winners);
+        Ok(report)
+    }
+
+    /// Drops tombstones learnt before `cutoff` (now minus the retention the
+    /// caller chooses); returns how many went. Keep the retention well above
+    /// the time a tombstone needs to reach every node, or an old live entry
+    /// may come back from a node that never saw it.
+    pub fn purge_tombstones(&self, cutoff: SystemTime) -> usize {
+        let _w = self.writer();
+        let mut state = self.write();
+        let old: Vec<NodeId> = state
+            .entries
+            .values()
+            .filter(|s| s.left_at.is_some_and(|t| t < cutoff))
+            .map(|s| s.info.id.clone())
+            .collect();
+        for id in &old {
+            if let Some(slot) = state.entries.remove(id) {
+                state.digest.remove(slot.term());
+            }
+        }
+        old.len()
+    }
+
+    /// A node by ID, unless it has left.
+    pub fn get_node(&self, id: &str) -> Option<Arc<NodeInfo>> {
+        self.read()
+            .entries
+            .get(id)
+            .filter(|s| s.state != NodeState::Left)
+            .map(|s| Arc::clone(&s.info))
+    }
+
+    /// A node's entry with its stamp and state, tombstones included.
+    pub fn get_entry(&self, id: &str) -> Option<Entry> {
+        self.read().entries.get(id).map(Slot::entry)
+    }
+
+    /// A node's state, if the topology holds an entry for it.
+    pub fn state_of(&self, id: &str) -> Option<NodeState> {
+        self.read().entries.get(id).map(|s| s.state)
+    }
+
+    /// Every node that has not left, in ID order.
+    pub fn get_all_nodes(&self) -> Vec<Arc<NodeInfo>> {
+        self.read()
+            .entries
+            .values()
+            .filter(|s| s.state != NodeState::Left)
+            .map(|s| Arc::clone(&s.info))
+            .collect()
+    }
+
+    /// Every entry, tombstones included, in ID order.
+    pub fn entries(&self) -> Vec<Entry> {
+        self.read().entries.values().map(Slot::entry).collect()
+    }
+
+    /// The entries of the given nodes that this topology holds.
+    pub fn entries_for(&self, ids: &[NodeId]) -> Vec<Entry> {
+        let state = self.read();
+        ids.iter()
+            .filter_map(|id| state.entries.get(id).map(Slot::entry))
+            .collect()
+    }
+
+    /// Nodes offering `name` at exactly `version`, alive or suspect, in ID
+    /// order. Answered from an index: no scan, no allocation.
+    pub fn get_service_providers(&self, name: &str, version: &str) -> Providers {
+        let state = self.read();
+        state
+            .published
+            .get(name)
+            .and_then(|p| p.by_version.get(version))
+            .unwrap_or(&self.shared.empty)
+            .clone()
+    }
+
+    /// Nodes offering any version of `name`, alive or suspect, in ID order.
+    pub fn get_nodes_by_service(&self, name: &str) -> Providers {
+        let state = self.read();
+        state
+            .published
+            .get(name)
+            .map_or(&self.shared.empty, |p| &p.any_version)
+            .clone()
+    }
+
+    /// How many nodes have not left.
+    pub fn node_count(&self) -> usize {
+        self.read().live
+    }
+
+    /// A local counter of effective changes: it rises on every local write
+    /// and every merge that changed something, never otherwise. For change
+    /// detection here, not for comparing with other nodes.
+    pub fn version(&self) -> u64 {
+        self.read().version
+    }
+
+    /// The constant-size digest of every entry held.
+    pub fn digest(&self) -> Digest {
+        self.read().digest
+    }
+
+    /// A digest of each entry held, in ID order.
+    pub fn entry_digests(&self) -> Vec<EntryDigest> {
+        self.read().entries.values().map(Slot::digest).collect()
+    }
+
+    /// The entries the holder of `remote` lacks or holds older.
+    pub fn delta(&self, remote: &[EntryDigest]) -> Vec<Entry> {
+        self.compare(remote).send
+    }
+
+    /// Both directions at once: what to send to the holder of `remote`, and
+    /// which of its entries to ask for.
+    pub fn compare(&self, remote: &[EntryDigest]) -> Comparison {
+        let theirs: HashMap<&NodeId, Precedence> =
+            remote.iter().map(|d| (&d.id, d.precedence())).collect();
+        let state = self.read();
+        let send = state
+            .entries
+            .values()
+            .filter(|s| theirs.get(&s.info.id).is_none_or(|p| *p < s.precedence()))
+            .map(Slot::entry)
+            .collect();
+        let mut want: Vec<NodeId> = remote
+            .iter()
+            .filter(|d| {
+                state
+                    .entries
+                    .get(&d.id)
+                    .is_none_or(|s| s.precedence() < d.precedence())
+            })
+            .map(|d| d.id.clone())
+            .collect();
+        want.sort();
+        want.dedup();
+        Comparison { send, want }
+    }
+}
+
+/// Checks one node against the limits.
+fn validate(info: &NodeInfo, limits: &Limits) -> Result<(), TopologyError> {
+    let field = |field: &'static str, value: &str| {
+        if value.len() > limits.max_field_bytes {
+            Err(TopologyError::FieldTooLong {
+                id: info.id.clone(),
+                field,
+                len: value.len(),
+                max: limits.max_field_bytes,
+            })
+        } else {
+            Ok(())
+        }
+    };
+    field("name", &info.name)?;
+    field("address", &info.address)?;
+    field("type", info.node_type.as_str())?;
+    if info.services.len() > limits.max_services {
+        return Err(TopologyError::TooManyServices {
+            id: info.id.clone(),
+            count: info.services.len(),
+            max: limits.max_services,
+        });
+    }
+    for s in &info.services {
+        field("service name", &s.name)?;
+        field("service version", &s.version)?;
+    }
+    Ok(())
+}
