@@ -12,7 +12,8 @@
 //!
 //! let id = NodeId::new("identity-1").unwrap();
 //! assert_eq!(id.as_str(), "identity-1");
-//! assert!(matches!(NodeId::new("../etc"), Err(NodeIdError::EmptyLabel { .. })));
+//! assert!(matches!(NodeId::new("a..b"), Err(NodeIdError::EmptyLabel { .. })));
+//! assert!(matches!(NodeId::new("../etc"), Err(NodeIdError::InvalidChar { ch: '/', .. })));
 //! ```
 #![warn(missing_docs)]
 

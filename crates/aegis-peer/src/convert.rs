@@ -1,0 +1,198 @@
+//! Between the wire messages and the topology's types.
+
+use aegis_topology::{
+    Digest, Entry, EntryDigest, NodeId, NodeInfo, NodeState, NodeType, ServiceInfo, Stamp,
+    TopologyError,
+};
+
+use crate::health::{HealthInfo, HealthStatus};
+use crate::proto::mesh as pb;
+
+pub(crate) fn unix_secs(t: std::time::SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+pub(crate) fn now_unix() -> i64 {
+    unix_secs(std::time::SystemTime::now())
+}
+
+pub(crate) fn health_to_wire(node_id: &str, h: &HealthInfo) -> pb::HealthResponse {
+    pb::HealthResponse {
+        node_id: node_id.to_owned(),
+        status: h.status.as_str().to_owned(),
+        last_checked: unix_secs(h.last_checked),
+        message: h.message.clone(),
+        error: h.error.clone().unwrap_or_default(),
+    }
+}
+
+pub(crate) fn health_from_wire(h: pb::HealthResponse) -> (String, HealthInfo) {
+    let secs = u64::try_from(h.last_checked).unwrap_or(0);
+    let info = HealthInfo {
+        status: HealthStatus::from_wire(&h.status),
+        last_checked: std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs),
+        message: h.message,
+        error: (!h.error.is_empty()).then_some(h.error),
+    };
+    (h.node_id, info)
+}
+
+pub(crate) fn state_to_wire(s: NodeState) -> pb::NodeState {
+    match s {
+        NodeState::Alive => pb::NodeState::Alive,
+        NodeState::Suspect => pb::NodeState::Suspect,
+        NodeState::Dead => pb::NodeState::Dead,
+        NodeState::Left => pb::NodeState::Left,
+    }
+}
+
+/// Unknown numbers (a newer peer) read as alive rather than failing.
+fn state_from_wire(v: i32) -> NodeState {
+    match pb::NodeState::try_from(v) {
+        Ok(pb::NodeState::Suspect) => NodeState::Suspect,
+        Ok(pb::NodeState::Dead) => NodeState::Dead,
+        Ok(pb::NodeState::Left) => NodeState::Left,
+        _ => NodeState::Alive,
+    }
+}
+
+pub(crate) fn entry_to_wire(e: &Entry) -> pb::TopologyNode {
+    let i = &e.info;
+    pb::TopologyNode {
+        id: i.id.to_string(),
+        name: i.name.clone(),
+        r#type: i.node_type.to_string(),
+        address: i.address.clone(),
+        joined_at: i.joined_at,
+        updated_at: i.updated_at,
+        services: i
+            .services
+            .iter()
+            .map(|s| pb::Service {
+                name: s.name.clone(),
+                version: s.version.clone(),
+            })
+            .collect(),
+        generation: e.stamp.generation,
+        stamp_version: e.stamp.version,
+        state: state_to_wire(e.state) as i32,
+    }
+}
+
+/// A wire node as an entry. A node of the reference implementation sends no
+/// stamp (`stamp_version` 0): its entry is stamped `(0, updated_at)`, so a
+/// later update of it wins, and any entry stamped by this project (whose
+/// generations start at 1) wins over it.
+pub(crate) fn entry_from_wire(n: pb::TopologyNode) -> Result<Entry, TopologyError> {
+    let stamp = if n.stamp_version == 0 {
+        Stamp::new(0, u64::try_from(n.updated_at).unwrap_or(0))
+    } else {
+        Stamp::new(n.generation, n.stamp_version)
+    };
+    let state = state_from_wire(n.state);
+    let info = NodeInfo {
+        id: NodeId::new(&n.id)?,
+        name: n.name,
+        node_type: if n.r#type.is_empty() {
+            NodeType::GENERIC
+        } else {
+            NodeType::new(n.r#type)
+        },
+        address: n.address,
+        services: n
+            .services
+            .into_iter()
+            .map(|s| ServiceInfo::new(s.name, s.version))
+            .collect(),
+        joined_at: n.joined_at,
+        updated_at: n.updated_at,
+    };
+    Ok(Entry::new(info, stamp, state))
+}
+
+pub(crate) fn entries_from_wire(nodes: Vec<pb::TopologyNode>) -> Result<Vec<Entry>, TopologyError> {
+    nodes.into_iter().map(entry_from_wire).collect()
+}
+
+pub(crate) fn digest_to_wire(d: Digest) -> pb::SyncDigest {
+    pb::SyncDigest {
+        count: d.count,
+        sum: d.sum.to_be_bytes().to_vec(),
+    }
+}
+
+pub(crate) fn digest_from_wire(d: &pb::SyncDigest) -> Option<Digest> {
+    let sum: [u8; 16] = d.sum.as_slice().try_into().ok()?;
+    Some(Digest {
+        count: d.count,
+        sum: u128::from_be_bytes(sum),
+    })
+}
+
+pub(crate) fn entry_digest_to_wire(d: &EntryDigest) -> pb::EntryDigest {
+    pb::EntryDigest {
+        id: d.id.to_string(),
+        generation: d.stamp.generation,
+        version: d.stamp.version,
+        state: state_to_wire(d.state) as i32,
+        content: d.content,
+    }
+}
+
+pub(crate) fn entry_digest_from_wire(d: &pb::EntryDigest) -> Result<EntryDigest, TopologyError> {
+    Ok(EntryDigest {
+        id: NodeId::new(&d.id)?,
+        stamp: Stamp::new(d.generation, d.version),
+        state: state_from_wire(d.state),
+        content: d.content,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_round_trip() {
+        let info = NodeInfo::new("n1", "one", "127.0.0.1:1")
+            .unwrap()
+            .with_type("edge")
+            .with_services([ServiceInfo::new("identity", "v1")]);
+        let e = Entry::new(info, Stamp::new(7, 3), NodeState::Suspect);
+        assert_eq!(entry_from_wire(entry_to_wire(&e)).unwrap(), e);
+    }
+
+    #[test]
+    fn reference_nodes_get_a_stamp_from_updated_at() {
+        let n = pb::TopologyNode {
+            id: "go-1".into(),
+            updated_at: 1_700_000_000,
+            ..Default::default()
+        };
+        let e = entry_from_wire(n).unwrap();
+        assert_eq!(e.stamp, Stamp::new(0, 1_700_000_000));
+        assert_eq!(e.state, NodeState::Alive);
+        assert_eq!(e.info.node_type, NodeType::GENERIC);
+    }
+
+    #[test]
+    fn invalid_ids_are_errors() {
+        let n = pb::TopologyNode {
+            id: "../x".into(),
+            ..Default::default()
+        };
+        assert!(matches!(
+            entry_from_wire(n),
+            Err(TopologyError::InvalidNodeId(_))
+        ));
+        assert!(
+            digest_from_wire(&pb::SyncDigest {
+                count: 1,
+                sum: vec![1, 2]
+            })
+            .is_none()
+        );
+    }
+}

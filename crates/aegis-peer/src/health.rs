@@ -1,0 +1,242 @@
+//! The health model: status, info, checkers, and a shared handle.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tokio::sync::watch;
+
+/// A node's health, with the wire strings of the reference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum HealthStatus {
+    /// `"healthy"`.
+    Healthy,
+    /// `"unhealthy"`.
+    Unhealthy,
+    /// `"unknown"`: not checked yet.
+    #[default]
+    Unknown,
+}
+
+impl HealthStatus {
+    /// The wire string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealthStatus::Healthy => "healthy",
+            HealthStatus::Unhealthy => "unhealthy",
+            HealthStatus::Unknown => "unknown",
+        }
+    }
+
+    /// Reads a wire string; anything unrecognised is `Unknown`, as a peer
+    /// may use a status this version does not know.
+    pub fn from_wire(s: &str) -> Self {
+        s.parse().unwrap_or(HealthStatus::Unknown)
+    }
+}
+
+impl fmt::Display for HealthStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The string was not one of `healthy`, `unhealthy`, `unknown`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown health status {0:?} (expected healthy, unhealthy or unknown)")]
+pub struct ParseHealthStatusError(pub String);
+
+impl FromStr for HealthStatus {
+    type Err = ParseHealthStatusError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "healthy" => Ok(HealthStatus::Healthy),
+            "unhealthy" => Ok(HealthStatus::Unhealthy),
+            "unknown" => Ok(HealthStatus::Unknown),
+            other => Err(ParseHealthStatusError(other.to_owned())),
+        }
+    }
+}
+
+/// A node's health as last set or checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthInfo {
+    /// The status.
+    pub status: HealthStatus,
+    /// When it was last set or checked.
+    pub last_checked: SystemTime,
+    /// A human-readable message.
+    pub message: String,
+    /// The error that made the node unhealthy, if any.
+    pub error: Option<String>,
+}
+
+impl HealthInfo {
+    /// Status unknown, checked now, no message.
+    pub fn new() -> Self {
+        Self {
+            status: HealthStatus::Unknown,
+            last_checked: SystemTime::now(),
+            message: String::new(),
+            error: None,
+        }
+    }
+}
+
+impl Default for HealthInfo {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The error a health check reports.
+pub type HealthCheckError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A boxed future, so that [`HealthChecker`] can be used as `&dyn`.
+pub type CheckFuture<'a> = Pin<Box<dyn Future<Output = Result<(), HealthCheckError>> + Send + 'a>>;
+
+/// Something that can tell whether the node is healthy.
+pub trait HealthChecker: Send + Sync {
+    /// Runs the check: `Ok` means healthy.
+    fn check(&self) -> CheckFuture<'_>;
+    /// The checker's name, for messages.
+    fn name(&self) -> &str;
+}
+
+/// A [`HealthChecker`] from an async closure.
+///
+/// ```
+/// use aegis_peer::{FunctionHealthChecker, HealthChecker};
+/// let db = FunctionHealthChecker::new("database", || async { Ok(()) });
+/// assert_eq!(db.name(), "database");
+/// ```
+pub struct FunctionHealthChecker<F> {
+    name: String,
+    check: F,
+}
+
+impl<F, Fut> FunctionHealthChecker<F>
+where
+    F: Fn() -> Fut + Send + Sync,
+    Fut: Future<Output = Result<(), HealthCheckError>> + Send + 'static,
+{
+    /// A checker named `name` that runs `check`.
+    pub fn new(name: impl Into<String>, check: F) -> Self {
+        Self {
+            name: name.into(),
+            check,
+        }
+    }
+}
+
+impl<F, Fut> HealthChecker for FunctionHealthChecker<F>
+where
+    F: Fn() -> Fut + Send + Sync,
+    Fut: Future<Output = Result<(), HealthCheckError>> + Send + 'static,
+{
+    fn check(&self) -> CheckFuture<'_> {
+        Box::pin((self.check)())
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// A checker that always reports healthy.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AlwaysHealthy;
+
+impl HealthChecker for AlwaysHealthy {
+    fn check(&self) -> CheckFuture<'_> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn name(&self) -> &str {
+        "always-healthy"
+    }
+}
+
+/// A shared, observable health value: the server answers `GetHealth` and the
+/// standard gRPC health service from it.
+#[derive(Clone)]
+pub struct Health {
+    tx: Arc<watch::Sender<HealthInfo>>,
+}
+
+impl fmt::Debug for Health {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Health").field(&*self.tx.borrow()).finish()
+    }
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Health {
+    /// Unknown health.
+    pub fn new() -> Self {
+        Self {
+            tx: Arc::new(watch::Sender::new(HealthInfo::new())),
+        }
+    }
+
+    /// The current value.
+    pub fn get(&self) -> HealthInfo {
+        self.tx.borrow().clone()
+    }
+
+    /// Whether the status is healthy.
+    pub fn is_healthy(&self) -> bool {
+        self.tx.borrow().status == HealthStatus::Healthy
+    }
+
+    /// Sets the status, message and error; `last_checked` becomes now.
+    pub fn set(&self, status: HealthStatus, message: impl Into<String>, error: Option<String>) {
+        let info = HealthInfo {
+            status,
+            last_checked: SystemTime::now(),
+            message: message.into(),
+            error,
+        };
+        tracing::debug!(status = %status, "health set");
+        self.tx.send_replace(info);
+    }
+
+    /// Runs `checker` and records the outcome: healthy, or unhealthy with the
+    /// error. Returns the checker's error, if any.
+    ///
+    /// # Errors
+    /// What the checker returned.
+    pub async fn check(&self, checker: &dyn HealthChecker) -> Result<(), HealthCheckError> {
+        match checker.check().await {
+            Ok(()) => {
+                self.set(
+                    HealthStatus::Healthy,
+                    format!("{} ok", checker.name()),
+                    None,
+                );
+                Ok(())
+            }
+            Err(e) => {
+                self.set(
+                    HealthStatus::Unhealthy,
+                    format!("{} failed", checker.name()),
+                    Some(e.to_string()),
+                );
+                Err(e)
+            }
+        }
+    }
+
+    /// A receiver that sees every change.
+    pub fn subscribe(&self) -> watch::Receiver<HealthInfo> {
+        self.tx.subscribe()
+    }
+}

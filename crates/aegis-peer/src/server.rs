@@ -1,0 +1,522 @@
+//! `MeshServer`: tonic over our own rustls acceptor.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aegis_tls::{NodeId, TlsConfig};
+use aegis_topology::{NodeId as TopoId, Topology};
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::service::RoutesBuilder;
+use tonic::{Request, Response, Status};
+use tonic_health::ServingStatus;
+
+use crate::PeerError;
+use crate::convert::{
+    digest_from_wire, entries_from_wire, entry_digest_to_wire, entry_to_wire, health_to_wire,
+    now_unix,
+};
+use crate::health::{Health, HealthStatus};
+use crate::proto::mesh as pb;
+use crate::proto::mesh::mesh_service_server::{MeshService, MeshServiceServer};
+use crate::transport::{Connections, MeshStream, check_address};
+
+/// A callback that adds the user's gRPC services to the server.
+pub type Registrar = Arc<dyn Fn(&mut RoutesBuilder) + Send + Sync>;
+
+/// Limits and timeouts of a [`MeshServer`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MeshServerConfig {
+    /// Largest message accepted or sent, in bytes (a full 10,000-node
+    /// topology is about 1.5 MB).
+    pub max_message_size: usize,
+    /// Concurrent HTTP/2 streams allowed on one connection.
+    pub max_concurrent_streams: u32,
+    /// Time a client has to finish the TLS handshake.
+    pub handshake_timeout: Duration,
+    /// Handshakes in progress at once; connections beyond are closed at once.
+    pub max_pending_handshakes: usize,
+    /// HTTP/2 keep-alive pings to clients, to drop dead connections.
+    pub keep_alive_interval: Option<Duration>,
+}
+
+impl Default for MeshServerConfig {
+    fn default() -> Self {
+        Self {
+            max_message_size: 16 * 1024 * 1024,
+            max_concurrent_streams: 256,
+            handshake_timeout: Duration::from_secs(5),
+            max_pending_handshakes: 256,
+            keep_alive_interval: Some(Duration::from_secs(30)),
+        }
+    }
+}
+
+/// The mesh gRPC server of one node: `aegis.MeshService`, the standard
+/// `grpc.health.v1.Health`, and the user's services, over mutual TLS (a
+/// client certificate from the mesh CA is required).
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use aegis_peer::{Health, MeshServer};
+/// use aegis_topology::Topology;
+/// let tls = aegis_tls::load_or_generate_tls("node-1", "./certs")?;
+/// let server = MeshServer::new(tls, Topology::new(), Health::new())
+///     .serve("127.0.0.1:0")
+///     .await?;
+/// println!("listening on {}", server.local_addr());
+/// server.shutdown(std::time::Duration::from_secs(5)).await?;
+/// # Ok(()) }
+/// ```
+pub struct MeshServer {
+    tls: TlsConfig,
+    topology: Topology,
+    health: Health,
+    config: MeshServerConfig,
+    registrars: Vec<Registrar>,
+}
+
+impl MeshServer {
+    /// A server for the node named by `tls`, answering from `topology` and
+    /// `health`.
+    pub fn new(tls: TlsConfig, topology: Topology, health: Health) -> Self {
+        Self {
+            tls,
+            topology,
+            health,
+            config: MeshServerConfig::default(),
+            registrars: Vec::new(),
+        }
+    }
+
+    /// Other limits.
+    pub fn with_config(mut self, config: MeshServerConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Adds user services when the server starts.
+    pub fn with_registrar(mut self, registrar: Registrar) -> Self {
+        self.registrars.push(registrar);
+        self
+    }
+
+    /// Binds `address` (`host:port`; port 0 picks a free port) and serves
+    /// until [`ServerHandle::shutdown`] or the handle is dropped.
+    ///
+    /// # Errors
+    /// [`PeerError::InvalidAddress`] for an address that is not `host:port`,
+    /// [`PeerError::Bind`] naming the address when it cannot be bound.
+    pub async fn serve(self, address: &str) -> Result<ServerHandle, PeerError> {
+        let (reporter, health_service) = tonic_health::server::health_reporter();
+        let handler = MeshHandler {
+            node_id: self.tls.node_id().clone(),
+            topology: self.topology,
+            health: self.health.clone(),
+        };
+        let limit = self.config.max_message_size;
+        let mut routes = RoutesBuilder::default();
+        routes.add_service(
+            MeshServiceServer::new(handler)
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit),
+        );
+        routes.add_service(health_service);
+        for registrar in &self.registrars {
+            registrar(&mut routes);
+        }
+        let mut handle = serve_routes(&self.tls, address, routes.routes(), self.config).await?;
+        let shutdown = handle.shutdown.subscribe();
+        handle
+            .extra
+            .push(tokio::spawn(follow_health(self.health, reporter, shutdown)));
+        Ok(handle)
+    }
+}
+
+/// Serves any tonic routes over mutual TLS with the listener, handshake and
+/// shutdown behaviour of [`MeshServer`]: for services that are not the mesh
+/// protocol (a provider's own API, a test double).
+///
+/// # Errors
+/// As [`MeshServer::serve`].
+pub async fn serve_routes(
+    tls: &TlsConfig,
+    address: &str,
+    routes: tonic::service::Routes,
+    config: MeshServerConfig,
+) -> Result<ServerHandle, PeerError> {
+    check_address(address)?;
+    let listener = bind(address).await?;
+    let local_addr = listener.local_addr().map_err(|source| PeerError::Bind {
+        address: address.to_owned(),
+        source,
+    })?;
+    let node_id = tls.node_id().clone();
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (conn_tx, conn_rx) = mpsc::channel::<io::Result<MeshStream>>(64);
+    let acceptor = TlsAcceptor::from(tls.server_config());
+    let connections = Arc::new(Connections::default());
+    let accept = tokio::spawn(accept_loop(
+        listener,
+        acceptor,
+        conn_tx,
+        shutdown_rx.clone(),
+        config,
+        Arc::clone(&connections),
+    ));
+    let mut signal = shutdown_rx;
+    let serve = tokio::spawn(
+        tonic::transport::Server::builder()
+            .max_concurrent_streams(config.max_concurrent_streams)
+            .http2_keepalive_interval(config.keep_alive_interval)
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), async move {
+                let _ = signal.wait_for(|stop| *stop).await;
+            }),
+    );
+    tracing::info!(node_id = %node_id, address = %local_addr, "server listening");
+    Ok(ServerHandle {
+        local_addr,
+        node_id,
+        shutdown: shutdown_tx,
+        tasks: Some(Tasks { accept, serve }),
+        extra: Vec::new(),
+        connections,
+    })
+}
+
+async fn bind(address: &str) -> Result<TcpListener, PeerError> {
+    let err = |source| PeerError::Bind {
+        address: address.to_owned(),
+        source,
+    };
+    let addr = tokio::net::lookup_host(address)
+        .await
+        .map_err(err)?
+        .next()
+        .ok_or_else(|| {
+            err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "the host resolves to no address",
+            ))
+        })?;
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(err)?;
+    // So that a restarted node can bind its port again at once, despite
+    // connections of its previous life in TIME_WAIT.
+    socket.set_reuseaddr(true).map_err(err)?;
+    socket.bind(addr).map_err(err)?;
+    socket.listen(1024).map_err(err)
+}
+
+/// Accepts TCP connections and runs each TLS handshake in its own task, with
+/// a timeout and a cap on how many run at once, so a slow or silent client
+/// never holds up the others.
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    conns: mpsc::Sender<io::Result<MeshStream>>,
+    mut shutdown: watch::Receiver<bool>,
+    config: MeshServerConfig,
+    connections: Arc<Connections>,
+) {
+    let pending = Arc::new(Semaphore::new(config.max_pending_handshakes));
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (tcp, remote) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // Out of file descriptors and the like: back off a little
+                // rather than spin.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&pending).try_acquire_owned() else {
+            tracing::warn!(remote = %remote, "too many pending handshakes; connection dropped");
+            continue;
+        };
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(remote = %remote, error = %e, "set_nodelay failed");
+        }
+        let (acceptor, conns, connections) =
+            (acceptor.clone(), conns.clone(), Arc::clone(&connections));
+        tokio::spawn(async move {
+            let _permit = permit;
+            match tokio::time::timeout(config.handshake_timeout, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => {
+                    let stream = MeshStream::new(tls, Some(remote), &connections);
+                    tracing::debug!(remote = %remote, caller = ?stream.caller_id(), "accepted");
+                    let _ = conns.send(Ok(stream)).await;
+                }
+                Ok(Err(e)) => tracing::info!(remote = %remote, error = %e, "TLS handshake refused"),
+                Err(_) => tracing::info!(remote = %remote, "TLS handshake timed out"),
+            }
+        });
+    }
+    tracing::debug!("accept loop stopped; listener closed");
+}
+
+/// Keeps the standard gRPC health service in step with the node's health.
+async fn follow_health(
+    health: Health,
+    reporter: tonic_health::server::HealthReporter,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut rx = health.subscribe();
+    loop {
+        let status = match rx.borrow_and_update().status {
+            HealthStatus::Healthy => ServingStatus::Serving,
+            HealthStatus::Unhealthy => ServingStatus::NotServing,
+            HealthStatus::Unknown => ServingStatus::Unknown,
+        };
+        reporter.set_service_status("", status).await;
+        reporter
+            .set_service_status("aegis.MeshService", status)
+            .await;
+        tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => return,
+            changed = rx.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+struct Tasks {
+    accept: JoinHandle<()>,
+    serve: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+/// A running [`MeshServer`]. Dropping it stops the server at once; call
+/// [`ServerHandle::shutdown`] to let in-flight calls finish.
+pub struct ServerHandle {
+    local_addr: SocketAddr,
+    node_id: NodeId,
+    shutdown: watch::Sender<bool>,
+    tasks: Option<Tasks>,
+    /// Helpers that stop with the server (the health follower).
+    extra: Vec<JoinHandle<()>>,
+    connections: Arc<Connections>,
+}
+
+impl std::fmt::Debug for ServerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerHandle")
+            .field("node_id", &self.node_id)
+            .field("local_addr", &self.local_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerHandle {
+    /// The bound address (with the real port when 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// How many client connections are open.
+    pub fn open_connections(&self) -> usize {
+        self.connections.count()
+    }
+
+    /// Stops accepting, closes the listener (the port can be bound again at
+    /// once), lets in-flight calls finish for up to `grace`, then drops what
+    /// is left.
+    ///
+    /// # Errors
+    /// [`PeerError::Server`] if the server had failed.
+    pub async fn shutdown(mut self, grace: Duration) -> Result<(), PeerError> {
+        let _ = self.shutdown.send(true);
+        let Some(tasks) = self.tasks.take() else {
+            return Ok(());
+        };
+        let _ = tasks.accept.await;
+        for task in self.extra.drain(..) {
+            let _ = task.await;
+        }
+        let mut serve = tasks.serve;
+        let result = match tokio::time::timeout(grace, &mut serve).await {
+            Ok(Ok(result)) => result.map_err(PeerError::Server),
+            Ok(Err(_join)) => Ok(()),
+            Err(_) => {
+                let dropped = self.connections.close_all();
+                tracing::warn!(node_id = %self.node_id, ?grace, dropped, "grace period over; connections closed");
+                // The connections end as their sockets close; give the
+                // server a moment to see it, then stop waiting.
+                if tokio::time::timeout(Duration::from_secs(1), &mut serve)
+                    .await
+                    .is_err()
+                {
+                    serve.abort();
+                }
+                Ok(())
+            }
+        };
+        tracing::info!(node_id = %self.node_id, "server stopped");
+        result
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+        if let Some(tasks) = self.tasks.take() {
+            tasks.accept.abort();
+            tasks.serve.abort();
+        }
+        for task in &self.extra {
+            task.abort();
+        }
+        self.connections.close_all();
+    }
+}
+
+struct MeshHandler {
+    node_id: NodeId,
+    topology: Topology,
+    health: Health,
+}
+
+fn invalid(what: &str, e: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(format!("{what}: {e}"))
+}
+
+impl MeshHandler {
+    /// The nodes a reference peer may see: neither left nor dead (it has no
+    /// notion of either, and would take them for live nodes).
+    fn available_nodes(&self) -> Vec<pb::TopologyNode> {
+        self.topology
+            .entries()
+            .iter()
+            .filter(|e| e.state.is_available())
+            .map(entry_to_wire)
+            .collect()
+    }
+
+    fn version(&self) -> i64 {
+        i64::try_from(self.topology.version()).unwrap_or(i64::MAX)
+    }
+}
+
+#[tonic::async_trait]
+impl MeshService for MeshHandler {
+    async fn ping(
+        &self,
+        req: Request<pb::PingRequest>,
+    ) -> Result<Response<pb::PingResponse>, Status> {
+        tracing::trace!(sender = %req.get_ref().sender_id, "ping");
+        Ok(Response::new(pb::PingResponse {
+            receiver_id: self.node_id.to_string(),
+            timestamp: now_unix(),
+            success: true,
+        }))
+    }
+
+    async fn get_health(
+        &self,
+        _req: Request<pb::HealthRequest>,
+    ) -> Result<Response<pb::HealthResponse>, Status> {
+        Ok(Response::new(health_to_wire(
+            self.node_id.as_str(),
+            &self.health.get(),
+        )))
+    }
+
+    async fn get_node_info(
+        &self,
+        _req: Request<pb::NodeInfoRequest>,
+    ) -> Result<Response<pb::NodeInfoResponse>, Status> {
+        let me = self.topology.get_node(self.node_id.as_str());
+        Ok(Response::new(pb::NodeInfoResponse {
+            id: self.node_id.to_string(),
+            name: me.as_ref().map(|n| n.name.clone()).unwrap_or_default(),
+            r#type: me
+                .as_ref()
+                .map_or_else(|| "generic".to_owned(), |n| n.node_type.to_string()),
+            address: me.as_ref().map(|n| n.address.clone()).unwrap_or_default(),
+            health: Some(health_to_wire(self.node_id.as_str(), &self.health.get())),
+        }))
+    }
+
+    async fn sync_topology(
+        &self,
+        req: Request<pb::TopologySyncRequest>,
+    ) -> Result<Response<pb::TopologySyncResponse>, Status> {
+        let r = req.into_inner();
+        let mut resp = pb::TopologySyncResponse {
+            version: self.version(),
+            updated_at: now_unix(),
+            ..Default::default()
+        };
+        if r.delta {
+            // Step 2: take what the requester pushed, send what it wants.
+            let max = self.topology.limits().max_delta_entries;
+            if r.want.len() > max {
+                return Err(invalid(
+                    "want",
+                    format!("{} IDs, over the limit of {max}", r.want.len()),
+                ));
+            }
+            let push = entries_from_wire(r.push).map_err(|e| invalid("push", e))?;
+            let report = self.topology.apply(push).map_err(|e| invalid("push", e))?;
+            let want = r
+                .want
+                .iter()
+                .map(TopoId::new)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| invalid("want", e))?;
+            resp.nodes = self
+                .topology
+                .entries_for(&want)
+                .iter()
+                .map(entry_to_wire)
+                .collect();
+            resp.extended = true;
+            resp.version = self.version();
+            tracing::debug!(sender = %r.sender_id, applied = report.changed.len(), sent = resp.nodes.len(), "delta sync");
+        } else if let Some(d) = r.digest {
+            // Step 1: are we equal?
+            let remote =
+                digest_from_wire(&d).ok_or_else(|| invalid("digest", "sum is not 16 bytes"))?;
+            resp.extended = true;
+            if remote == self.topology.digest() {
+                resp.in_sync = true;
+            } else {
+                resp.digests = self
+                    .topology
+                    .entry_digests()
+                    .iter()
+                    .map(entry_digest_to_wire)
+                    .collect();
+            }
+        } else {
+            // A reference node: the whole topology and the local version.
+            resp.nodes = self.available_nodes();
+            tracing::debug!(sender = %r.sender_id, nodes = resp.nodes.len(), "full sync (reference request)");
+        }
+        Ok(Response::new(resp))
+    }
+
+    async fn get_topology(
+        &self,
+        _req: Request<pb::GetTopologyRequest>,
+    ) -> Result<Response<pb::GetTopologyResponse>, Status> {
+        Ok(Response::new(pb::GetTopologyResponse {
+            version: self.version(),
+            nodes: self.available_nodes(),
+        }))
+    }
+}

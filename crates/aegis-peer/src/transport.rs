@@ -1,0 +1,280 @@
+//! Mutual-TLS transport for tonic: a dialling connector that checks the
+//! peer's node ID, and the server's stream type that carries the caller.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use aegis_tls::{NodeId, TlsConfig};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::{TlsConnector, server::TlsStream};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::PeerError;
+use crate::caller::{Caller, CallerError, MeshConnectInfo};
+
+/// How channels to other nodes behave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChannelOptions {
+    /// Limit on TCP connect plus TLS handshake.
+    pub connect_timeout: Duration,
+    /// HTTP/2 keep-alive pings on idle connections, so a dead peer is noticed.
+    pub keep_alive_interval: Duration,
+    /// How long a keep-alive ping may go unanswered.
+    pub keep_alive_timeout: Duration,
+}
+
+impl Default for ChannelOptions {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(3),
+            keep_alive_interval: Duration::from_secs(20),
+            keep_alive_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Checks that `address` is `host:port` with a numeric port.
+///
+/// # Errors
+/// [`PeerError::InvalidAddress`] saying what is wrong.
+pub fn check_address(address: &str) -> Result<(), PeerError> {
+    let invalid = |reason: &str| PeerError::InvalidAddress {
+        address: address.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let (host, port) = address
+        .rsplit_once(':')
+        .ok_or_else(|| invalid("expected host:port"))?;
+    if host.is_empty() {
+        return Err(invalid("the host is empty"));
+    }
+    if host.contains(':') && !(host.starts_with('[') && host.ends_with(']')) {
+        return Err(invalid("an IPv6 host must be in brackets, as [::1]:port"));
+    }
+    port.parse::<u16>()
+        .map_err(|_| invalid("the port is not a number from 0 to 65535"))?;
+    Ok(())
+}
+
+/// A lazily connecting channel to the node `node_id` at `address`, over
+/// mutual TLS: the server must present a certificate from the mesh CA that
+/// names `node_id` (not the host of `address`: every node certificate names
+/// `localhost`, so checking the host would accept any node as any other).
+///
+/// # Errors
+/// [`PeerError::InvalidAddress`] for an address that is not `host:port`.
+pub fn mtls_channel(
+    tls: &TlsConfig,
+    node_id: &NodeId,
+    address: &str,
+    opts: &ChannelOptions,
+) -> Result<Channel, PeerError> {
+    check_address(address)?;
+    let server_name =
+        aegis_tls::server_name(node_id.as_str()).map_err(|e| PeerError::InvalidAddress {
+            address: address.to_owned(),
+            reason: e.to_string(),
+        })?;
+    let endpoint = Endpoint::from_shared(format!("http://{address}"))
+        .map_err(|e| PeerError::InvalidAddress {
+            address: address.to_owned(),
+            reason: e.to_string(),
+        })?
+        .connect_timeout(opts.connect_timeout)
+        .http2_keep_alive_interval(opts.keep_alive_interval)
+        .keep_alive_timeout(opts.keep_alive_timeout)
+        .keep_alive_while_idle(false);
+    let connector = TlsConnector::from(tls.client_config());
+    let address = Arc::<str>::from(address);
+    let peer = node_id.clone();
+    let connect = tower::service_fn(move |_uri: http::Uri| {
+        let (connector, server_name, address, peer) = (
+            connector.clone(),
+            server_name.clone(),
+            Arc::clone(&address),
+            peer.clone(),
+        );
+        async move {
+            let tcp = TcpStream::connect(&*address).await?;
+            // Without it each call waits for Nagle and delayed ACK (~40 ms).
+            tcp.set_nodelay(true)?;
+            let tls = connector.connect(server_name, tcp).await.inspect_err(|e| {
+                tracing::warn!(peer = %peer, address = %address, error = %e, "TLS handshake failed");
+            })?;
+            tracing::debug!(peer = %peer, address = %address, "connected");
+            Ok::<_, io::Error>(TokioIo::new(tls))
+        }
+    });
+    Ok(endpoint.connect_with_connector_lazy(connect))
+}
+
+/// The server's open connections, so that a stop whose grace period runs
+/// out can close them: tonic runs each connection in its own task, which
+/// stopping the server does not end.
+#[derive(Default)]
+pub(crate) struct Connections {
+    next: std::sync::atomic::AtomicU64,
+    open: std::sync::Mutex<std::collections::HashMap<u64, std::net::TcpStream>>,
+}
+
+impl Connections {
+    /// Registers a connection by a duplicate of its socket.
+    fn track(self: &Arc<Self>, tcp: &TcpStream) -> Option<Tracked> {
+        use std::os::fd::AsFd;
+        let dup = tcp.as_fd().try_clone_to_owned().ok()?;
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.lock().insert(id, std::net::TcpStream::from(dup));
+        Some(Tracked {
+            id,
+            connections: Arc::clone(self),
+        })
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, std::net::TcpStream>> {
+        self.open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Shuts every open connection down; their tasks see end-of-stream and end.
+    pub(crate) fn close_all(&self) -> usize {
+        let open = std::mem::take(&mut *self.lock());
+        for tcp in open.values() {
+            let _ = tcp.shutdown(std::net::Shutdown::Both);
+        }
+        open.len()
+    }
+
+    /// How many connections are open.
+    pub(crate) fn count(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+/// Removes its connection from [`Connections`] when the stream is dropped.
+struct Tracked {
+    id: u64,
+    connections: Arc<Connections>,
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.connections.lock().remove(&self.id);
+    }
+}
+
+/// A server-side mutual-TLS connection with the caller parsed once.
+pub(crate) struct MeshStream {
+    inner: TlsStream<TcpStream>,
+    info: MeshConnectInfo,
+    _tracked: Option<Tracked>,
+}
+
+impl MeshStream {
+    pub(crate) fn new(
+        inner: TlsStream<TcpStream>,
+        remote_addr: Option<SocketAddr>,
+        connections: &Arc<Connections>,
+    ) -> Self {
+        let caller = match inner.get_ref().1.peer_certificates() {
+            Some(chain) if !chain.is_empty() => Caller::from_chain(chain).map(Arc::new),
+            _ => Err(CallerError::NoCertificate),
+        };
+        let tracked = connections.track(inner.get_ref().0);
+        Self {
+            inner,
+            info: MeshConnectInfo {
+                remote_addr,
+                caller,
+            },
+            _tracked: tracked,
+        }
+    }
+
+    pub(crate) fn caller_id(&self) -> Option<&NodeId> {
+        self.info.caller.as_ref().ok().map(|c| &c.node_id)
+    }
+}
+
+impl tonic::transport::server::Connected for MeshStream {
+    type ConnectInfo = MeshConnectInfo;
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.info.clone()
+    }
+}
+
+impl AsyncRead for MeshStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for MeshStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses() {
+        for ok in [
+            "127.0.0.1:0",
+            "localhost:7000",
+            "[::1]:1",
+            "node.example:65535",
+        ] {
+            assert!(check_address(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "nohost",
+            ":80",
+            "host:",
+            "host:99999",
+            "host:http",
+            "::1:80",
+        ] {
+            assert!(check_address(bad).is_err(), "{bad}");
+        }
+    }
+}
