@@ -75,6 +75,9 @@ pub enum PeerError {
         /// What is wrong.
         reason: String,
     },
+    /// Called outside a Tokio runtime, which channels need.
+    #[error("no Tokio runtime: peer channels must be used inside one")]
+    NoRuntime,
     /// The manager was closed.
     #[error("the peer manager is closed")]
     Closed,

@@ -61,7 +61,10 @@ impl PeerInfo {
 
 struct PeerInner {
     info: PeerInfo,
-    client: MeshServiceClient<Channel>,
+    tls: TlsConfig,
+    channel_options: ChannelOptions,
+    /// Made on first use, inside the runtime (tonic's channel spawns a task).
+    client: std::sync::OnceLock<MeshServiceClient<Channel>>,
     connected: AtomicBool,
 }
 
@@ -97,11 +100,30 @@ impl Peer {
         self.inner.connected.load(Ordering::Relaxed)
     }
 
-    /// A client of the peer's `MeshService` on the shared channel.
-    pub fn client(&self) -> MeshServiceClient<Channel> {
-        self.inner.client.clone()
+    /// A client of the peer's `MeshService` on the peer's shared channel,
+    /// made on first use.
+    ///
+    /// # Errors
+    /// [`PeerError::NoRuntime`] outside a Tokio runtime (the channel needs
+    /// one); [`PeerError::InvalidAddress`] if the channel cannot be made.
+    pub fn client(&self) -> Result<MeshServiceClient<Channel>, PeerError> {
+        if let Some(c) = self.inner.client.get() {
+            return Ok(c.clone());
+        }
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(PeerError::NoRuntime);
+        }
+        let i = &self.inner;
+        let channel = mtls_channel(&i.tls, &i.info.id, &i.info.address, &i.channel_options)?;
+        let client = MeshServiceClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE);
+        Ok(i.client.get_or_init(|| client).clone())
     }
 }
+
+/// Largest message a peer call sends or accepts.
+const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 
 /// Timeouts of peer calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -261,14 +283,17 @@ impl PeerManager {
         if peers.contains_key(&info.id) {
             return Err(PeerError::AlreadyExists(info.id.to_string()));
         }
-        let channel = mtls_channel(tls, &info.id, &info.address, &self.config.channel)?;
-        let client = MeshServiceClient::new(channel)
-            .max_decoding_message_size(64 * 1024 * 1024)
-            .max_encoding_message_size(64 * 1024 * 1024);
+        check_address(&info.address)?;
+        aegis_tls::server_name(info.id.as_str()).map_err(|e| PeerError::InvalidAddress {
+            address: info.address.clone(),
+            reason: e.to_string(),
+        })?;
         let peer = Peer {
             inner: Arc::new(PeerInner {
                 info,
-                client,
+                tls: tls.clone(),
+                channel_options: self.config.channel,
+                client: std::sync::OnceLock::new(),
                 connected: AtomicBool::new(false),
             }),
         };
@@ -377,7 +402,7 @@ impl PeerManager {
     /// [`PeerError::NotFound`], [`PeerError::Timeout`], [`PeerError::Rpc`].
     pub async fn ping_peer(&self, id: &str) -> Result<PingResponse, PeerError> {
         let peer = self.peer(id)?;
-        let mut client = peer.client();
+        let mut client = peer.client()?;
         let req = self.request(pb::PingRequest {
             sender_id: self.local_id.to_string(),
             timestamp: now_unix(),
@@ -398,7 +423,7 @@ impl PeerManager {
     /// As [`PeerManager::ping_peer`].
     pub async fn get_peer_health(&self, id: &str) -> Result<HealthResponse, PeerError> {
         let peer = self.peer(id)?;
-        let mut client = peer.client();
+        let mut client = peer.client()?;
         let req = self.request(pb::HealthRequest {
             sender_id: self.local_id.to_string(),
         });
@@ -415,7 +440,7 @@ impl PeerManager {
     /// As [`PeerManager::ping_peer`].
     pub async fn get_peer_node_info(&self, id: &str) -> Result<NodeInfoResponse, PeerError> {
         let peer = self.peer(id)?;
-        let mut client = peer.client();
+        let mut client = peer.client()?;
         let req = self.request(pb::NodeInfoRequest {
             sender_id: self.local_id.to_string(),
         });
@@ -446,7 +471,7 @@ impl PeerManager {
     /// (nothing of them is applied).
     pub async fn sync_topology(&self, id: &str) -> Result<SyncReport, PeerError> {
         let peer = self.peer(id)?;
-        let mut client = peer.client();
+        let mut client = peer.client()?;
         let bad = |source| PeerError::BadTopology {
             peer: id.to_owned(),
             source,

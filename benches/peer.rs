@@ -1,0 +1,221 @@
+//! Ping over mutual TLS against the same call in plain text, on loopback,
+//! in one run; and the cost of a fresh mTLS connection.
+//!
+//! `cargo bench -p aegis-benches --bench peer`
+//!
+//! Both servers run the same trivial handler, so the difference is the
+//! transport. The call loop runs on a runtime worker (not `block_on` on the
+//! main thread, which adds thread hops to every call).
+
+use std::time::{Duration, Instant};
+
+use aegis_peer::proto::mesh as pb;
+use aegis_peer::proto::mesh::mesh_service_client::MeshServiceClient;
+use aegis_peer::proto::mesh::mesh_service_server::{MeshService, MeshServiceServer};
+use aegis_peer::transport::{ChannelOptions, mtls_channel};
+use aegis_peer::{Health, MeshServer, MeshServerConfig, PeerInfo, PeerManager, serve_routes};
+use aegis_topology::{NodeId, Topology};
+use criterion::{Criterion, criterion_group, criterion_main};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
+
+#[derive(Clone, Copy)]
+struct PingOnly;
+
+#[tonic::async_trait]
+impl MeshService for PingOnly {
+    async fn ping(
+        &self,
+        _: Request<pb::PingRequest>,
+    ) -> Result<Response<pb::PingResponse>, Status> {
+        Ok(Response::new(pb::PingResponse {
+            receiver_id: "bench-server".into(),
+            timestamp: 0,
+            success: true,
+        }))
+    }
+    async fn get_health(
+        &self,
+        _: Request<pb::HealthRequest>,
+    ) -> Result<Response<pb::HealthResponse>, Status> {
+        Err(Status::unimplemented(""))
+    }
+    async fn get_node_info(
+        &self,
+        _: Request<pb::NodeInfoRequest>,
+    ) -> Result<Response<pb::NodeInfoResponse>, Status> {
+        Err(Status::unimplemented(""))
+    }
+    async fn sync_topology(
+        &self,
+        _: Request<pb::TopologySyncRequest>,
+    ) -> Result<Response<pb::TopologySyncResponse>, Status> {
+        Err(Status::unimplemented(""))
+    }
+    async fn get_topology(
+        &self,
+        _: Request<pb::GetTopologyRequest>,
+    ) -> Result<Response<pb::GetTopologyResponse>, Status> {
+        Err(Status::unimplemented(""))
+    }
+}
+
+fn ping_request() -> pb::PingRequest {
+    pb::PingRequest {
+        sender_id: "bench-client".into(),
+        timestamp: 0,
+    }
+}
+
+fn expect<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
+    r.unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Runs `iters` sequential pings on a worker and times them.
+fn timed_pings(
+    rt: &tokio::runtime::Runtime,
+    client: &MeshServiceClient<Channel>,
+    iters: u64,
+) -> Duration {
+    let mut client = client.clone();
+    expect(rt.block_on(rt.spawn(async move {
+        let start = Instant::now();
+        for _ in 0..iters {
+            expect(client.ping(ping_request()).await);
+        }
+        start.elapsed()
+    })))
+}
+
+/// Accepted plain-text sockets with Nagle off, like the mTLS server's
+/// (tonic ignores `tcp_nodelay` for `serve_with_incoming`).
+fn nodelay(
+    listener: tokio::net::TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|s| {
+        let s = s?;
+        s.set_nodelay(true)?;
+        Ok(s)
+    })
+}
+
+/// A plain-text channel dialled like the mTLS one (own connector, Nagle
+/// off), so that the two differ only by TLS.
+fn plain_channel(addr: std::net::SocketAddr) -> Channel {
+    let endpoint = expect(Endpoint::from_shared(format!("http://{addr}")));
+    endpoint.connect_with_connector_lazy(tower::service_fn(move |_: http::Uri| async move {
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tcp))
+    }))
+}
+
+fn ping(c: &mut Criterion) {
+    let rt = expect(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build(),
+    );
+    let dir = expect(tempfile::tempdir());
+    let server_tls = expect(aegis_tls::load_or_generate_tls("bench-server", dir.path()));
+    let client_tls = expect(aegis_tls::load_or_generate_tls("bench-client", dir.path()));
+    let server_id = expect(NodeId::new("bench-server"));
+
+    // The same handler over mTLS and in plain text.
+    let tls_server = expect(rt.block_on(serve_routes(
+        &server_tls,
+        "127.0.0.1:0",
+        tonic::service::Routes::new(MeshServiceServer::new(PingOnly)),
+        MeshServerConfig::default(),
+    )));
+    let plain_listener = expect(rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")));
+    let plain_addr = expect(plain_listener.local_addr());
+    let _plain = rt.spawn(
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(MeshServiceServer::new(PingOnly))
+            .serve_with_incoming(nodelay(plain_listener)),
+    );
+    // The real mesh server, through the PeerManager API.
+    let mesh_server = expect(rt.block_on(
+        MeshServer::new(server_tls, Topology::new(), Health::new()).serve("127.0.0.1:0"),
+    ));
+
+    let tls_addr = tls_server.local_addr().to_string();
+    let tls_client = rt.block_on(async {
+        MeshServiceClient::new(expect(mtls_channel(
+            &client_tls,
+            &server_id,
+            &tls_addr,
+            &ChannelOptions::default(),
+        )))
+    });
+    let plain_client = rt.block_on(async { MeshServiceClient::new(plain_channel(plain_addr)) });
+    let peers = std::sync::Arc::new(PeerManager::new(
+        client_tls.node_id().clone(),
+        Some(client_tls.clone()),
+        Topology::new(),
+    ));
+    expect(peers.add_peer(expect(PeerInfo::new(
+        "bench-server",
+        mesh_server.local_addr().to_string(),
+    ))));
+
+    let mut g = c.benchmark_group("ping_open_connection");
+    g.measurement_time(Duration::from_secs(5));
+    g.bench_function("baseline_plaintext", |b| {
+        b.iter_custom(|n| timed_pings(&rt, &plain_client, n))
+    });
+    g.bench_function("mtls", |b| {
+        b.iter_custom(|n| timed_pings(&rt, &tls_client, n))
+    });
+    g.bench_function("mtls_peer_manager", |b| {
+        b.iter_custom(|n| {
+            let peers = std::sync::Arc::clone(&peers);
+            expect(rt.block_on(rt.spawn(async move {
+                let start = Instant::now();
+                for _ in 0..n {
+                    expect(peers.ping_peer("bench-server").await);
+                }
+                start.elapsed()
+            })))
+        });
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("fresh_connection_first_call");
+    g.measurement_time(Duration::from_secs(5));
+    g.bench_function("baseline_plaintext", |b| {
+        b.iter_custom(|n| {
+            expect(rt.block_on(rt.spawn(async move {
+                let start = Instant::now();
+                for _ in 0..n {
+                    let ch = plain_channel(plain_addr);
+                    expect(MeshServiceClient::new(ch).ping(ping_request()).await);
+                }
+                start.elapsed()
+            })))
+        });
+    });
+    g.bench_function("mtls", |b| {
+        b.iter_custom(|n| {
+            let (tls, id, addr) = (client_tls.clone(), server_id.clone(), tls_addr.clone());
+            expect(rt.block_on(rt.spawn(async move {
+                let start = Instant::now();
+                for _ in 0..n {
+                    let ch = expect(mtls_channel(&tls, &id, &addr, &ChannelOptions::default()));
+                    expect(MeshServiceClient::new(ch).ping(ping_request()).await);
+                }
+                start.elapsed()
+            })))
+        });
+    });
+    g.finish();
+    drop(tls_server);
+    drop(mesh_server);
+}
+
+criterion_group!(benches, ping);
+criterion_main!(benches);
