@@ -10,7 +10,7 @@ pub fn mesh_entries(n: usize, generation: u64) -> Vec<Entry> {
             let info = NodeInfo::new(
                 format!("node-{i}"),
                 format!("n{i}"),
-                format!("10.0.0.1:{}", 1000 + i % 50000),
+                format!("127.0.0.1:{}", 1000 + i % 50000),
             )
             .unwrap_or_else(|e| panic!("{e}"))
             .with_services(

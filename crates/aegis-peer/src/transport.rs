@@ -62,10 +62,24 @@ pub fn check_address(address: &str) -> Result<(), PeerError> {
     Ok(())
 }
 
+/// What happened when a channel (re)connected.
+#[derive(Debug)]
+pub enum ConnectEvent<'a> {
+    /// TCP and the TLS handshake succeeded.
+    Connected,
+    /// TCP connect or the TLS handshake failed.
+    Failed(&'a io::Error),
+}
+
+/// Called on every connection attempt of a channel, for outlier detection.
+pub type ConnectObserver = Arc<dyn Fn(ConnectEvent<'_>) + Send + Sync>;
+
 /// A lazily connecting channel to the node `node_id` at `address`, over
 /// mutual TLS: the server must present a certificate from the mesh CA that
 /// names `node_id` (not the host of `address`: every node certificate names
 /// `localhost`, so checking the host would accept any node as any other).
+///
+/// Must be called inside a Tokio runtime.
 ///
 /// # Errors
 /// [`PeerError::InvalidAddress`] for an address that is not `host:port`.
@@ -74,6 +88,20 @@ pub fn mtls_channel(
     node_id: &NodeId,
     address: &str,
     opts: &ChannelOptions,
+) -> Result<Channel, PeerError> {
+    mtls_channel_observed(tls, node_id, address, opts, None)
+}
+
+/// [`mtls_channel`], telling `observer` how each connection attempt went.
+///
+/// # Errors
+/// As [`mtls_channel`].
+pub fn mtls_channel_observed(
+    tls: &TlsConfig,
+    node_id: &NodeId,
+    address: &str,
+    opts: &ChannelOptions,
+    observer: Option<ConnectObserver>,
 ) -> Result<Channel, PeerError> {
     check_address(address)?;
     let server_name =
@@ -94,21 +122,34 @@ pub fn mtls_channel(
     let address = Arc::<str>::from(address);
     let peer = node_id.clone();
     let connect = tower::service_fn(move |_uri: http::Uri| {
-        let (connector, server_name, address, peer) = (
+        let (connector, server_name, address, peer, observer) = (
             connector.clone(),
             server_name.clone(),
             Arc::clone(&address),
             peer.clone(),
+            observer.clone(),
         );
         async move {
-            let tcp = TcpStream::connect(&*address).await?;
-            // Without it each call waits for Nagle and delayed ACK (~40 ms).
-            tcp.set_nodelay(true)?;
-            let tls = connector.connect(server_name, tcp).await.inspect_err(|e| {
-                tracing::warn!(peer = %peer, address = %address, error = %e, "TLS handshake failed");
-            })?;
-            tracing::debug!(peer = %peer, address = %address, "connected");
-            Ok::<_, io::Error>(TokioIo::new(tls))
+            let result = async {
+                let tcp = TcpStream::connect(&*address).await?;
+                // Without it each call waits for Nagle and delayed ACK (~40 ms).
+                tcp.set_nodelay(true)?;
+                connector.connect(server_name, tcp).await
+            }
+            .await;
+            match &result {
+                Ok(_) => tracing::debug!(peer = %peer, address = %address, "connected"),
+                Err(e) => {
+                    tracing::warn!(peer = %peer, address = %address, error = %e, "connection failed");
+                }
+            }
+            if let Some(observe) = &observer {
+                observe(match &result {
+                    Ok(_) => ConnectEvent::Connected,
+                    Err(e) => ConnectEvent::Failed(e),
+                });
+            }
+            result.map(TokioIo::new)
         }
     });
     Ok(endpoint.connect_with_connector_lazy(connect))

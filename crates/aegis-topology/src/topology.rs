@@ -237,6 +237,9 @@ struct Shared {
     /// lock and hold the write lock only to install it.
     writer: Mutex<()>,
     state: RwLock<State>,
+    /// `State::version`, readable without the lock (the pool checks it on
+    /// every call).
+    version: std::sync::atomic::AtomicU64,
     empty: Providers,
     config: TopologyConfig,
 }
@@ -303,6 +306,7 @@ impl Topology {
             shared: Arc::new(Shared {
                 writer: Mutex::new(()),
                 state: RwLock::new(State::default()),
+                version: std::sync::atomic::AtomicU64::new(0),
                 empty: Providers(Arc::from(Vec::new())),
                 config,
             }),
@@ -354,6 +358,9 @@ impl Topology {
             for slot in slots {
                 state.install(slot, &mut touched);
             }
+            self.shared
+                .version
+                .store(state.version, std::sync::atomic::Ordering::Release);
         }
         let fresh: Vec<(String, Option<Published>)> = {
             let state = self.read();
@@ -625,7 +632,9 @@ impl Topology {
     /// and every merge that changed something, never otherwise. For change
     /// detection here, not for comparing with other nodes.
     pub fn version(&self) -> u64 {
-        self.read().version
+        self.shared
+            .version
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The constant-size digest of every entry held.

@@ -1,0 +1,395 @@
+//! The pool: provider choice, one channel per provider, outlier detection.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use aegis_peer::transport::{ChannelOptions, ConnectEvent, ConnectObserver, mtls_channel_observed};
+use aegis_tls::TlsConfig;
+use aegis_topology::{NodeId, NodeInfo, Topology};
+use tonic::transport::Channel;
+
+use crate::PoolError;
+
+/// How the pool dials and sets providers aside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolConfig {
+    /// Channel settings (connect timeout, keep-alive).
+    pub channel: ChannelOptions,
+    /// How long a provider whose connection failed is set aside; doubled on
+    /// each further failure in a row.
+    pub ejection: Duration,
+    /// The longest a provider is set aside.
+    pub max_ejection: Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            channel: ChannelOptions::default(),
+            ejection: Duration::from_secs(1),
+            max_ejection: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What the pool knows of one provider's recent connection attempts.
+struct Outlier {
+    /// Milliseconds since the pool's epoch until which the provider is set aside.
+    until_ms: AtomicU64,
+    failures: AtomicU32,
+}
+
+struct Provider {
+    address: String,
+    channel: Channel,
+    outlier: Arc<Outlier>,
+}
+
+/// FNV-1a: the pool's maps are keyed by short names and node IDs that
+/// come from the mesh's own topology, and hashing them is on the path of
+/// every call, where SipHash's flood resistance buys nothing.
+#[derive(Default, Clone, Copy)]
+struct Fnv(u64);
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for &b in bytes {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
+
+type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<Fnv>>;
+type Counters = FastMap<String, FastMap<String, Arc<AtomicUsize>>>;
+
+struct Inner {
+    topology: Topology,
+    tls: Option<TlsConfig>,
+    config: PoolConfig,
+    /// Round-robin position per (name, version).
+    counters: RwLock<Counters>,
+    /// One channel per provider, keyed by node ID (the address is checked
+    /// on use: a provider that moved gets a new channel).
+    channels: RwLock<FastMap<NodeId, Provider>>,
+    /// The topology version the channels were last checked against.
+    swept: AtomicU64,
+    closed: AtomicBool,
+    epoch: Instant,
+}
+
+/// Hands out channels to the providers of a service, round-robin.
+/// Cheap to clone; clones share channels and counters.
+#[derive(Clone)]
+pub struct ServiceClientPool {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for ServiceClientPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceClientPool")
+            .field("channels", &self.channel_count())
+            .field("closed", &self.inner.closed.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl ServiceClientPool {
+    /// A pool over `topology`, dialling with `tls` (without it every
+    /// `get_conn` answers [`PoolError::NoTlsConfig`]).
+    pub fn new(topology: Topology, tls: Option<TlsConfig>) -> Self {
+        Self::with_config(topology, tls, PoolConfig::default())
+    }
+
+    /// A pool with other dialling and back-off settings.
+    pub fn with_config(topology: Topology, tls: Option<TlsConfig>, config: PoolConfig) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                swept: AtomicU64::new(topology.version()),
+                topology,
+                tls,
+                config,
+                counters: RwLock::new(FastMap::default()),
+                channels: RwLock::new(FastMap::default()),
+                closed: AtomicBool::new(false),
+                epoch: Instant::now(),
+            }),
+        }
+    }
+
+    /// A channel to a live provider of exactly `name` at `version`, chosen
+    /// round-robin among those not set aside (or among all, if all are).
+    /// Must be called inside a Tokio runtime.
+    ///
+    /// # Errors
+    /// [`PoolError::Closed`], [`PoolError::NoTlsConfig`],
+    /// [`PoolError::NoProviders`], or [`PoolError::Connect`] naming the
+    /// provider when its address cannot be dialled.
+    pub async fn get_conn(&self, name: &str, version: &str) -> Result<Channel, PoolError> {
+        self.pick(name, version)
+    }
+
+    fn pick(&self, name: &str, version: &str) -> Result<Channel, PoolError> {
+        let inner = &*self.inner;
+        if inner.closed.load(Ordering::Acquire) {
+            return Err(PoolError::Closed);
+        }
+        let tls = inner.tls.as_ref().ok_or(PoolError::NoTlsConfig)?;
+        self.sweep_if_changed();
+        let providers = inner.topology.get_service_providers(name, version);
+        if providers.is_empty() {
+            return Err(PoolError::NoProviders {
+                name: name.to_owned(),
+                version: version.to_owned(),
+            });
+        }
+        let start = self.next_index(name, version);
+        // Read the clock only if some provider is set aside.
+        let mut now = None;
+        let n = providers.len();
+        {
+            let channels = read(&inner.channels);
+            // The first provider from `start` on that is not set aside.
+            let mut first_known = None;
+            for k in 0..n {
+                let node = &providers[(start + k) % n];
+                match channels.get(&node.id) {
+                    Some(p) if p.address == node.address => {
+                        let until = p.outlier.until_ms.load(Ordering::Relaxed);
+                        if until == 0 || until <= *now.get_or_insert_with(|| self.now_ms()) {
+                            return Ok(p.channel.clone());
+                        }
+                        first_known.get_or_insert(p);
+                    }
+                    // No channel yet (or it moved): a fresh provider is not
+                    // set aside; make its channel below.
+                    _ => {
+                        drop(channels);
+                        return self.open(tls, node);
+                    }
+                }
+            }
+            // Everything is set aside: try anyway rather than fail untried.
+            if let Some(p) = first_known {
+                return Ok(p.channel.clone());
+            }
+        }
+        self.open(tls, &providers[start % n])
+    }
+
+    fn next_index(&self, name: &str, version: &str) -> usize {
+        if let Some(c) = read(&self.inner.counters)
+            .get(name)
+            .and_then(|v| v.get(version))
+        {
+            return c.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut counters = write(&self.inner.counters);
+        counters
+            .entry(name.to_owned())
+            .or_default()
+            .entry(version.to_owned())
+            .or_default()
+            .fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Makes (or replaces, when the provider moved) the channel of `node`.
+    fn open(&self, tls: &TlsConfig, node: &NodeInfo) -> Result<Channel, PoolError> {
+        let mut channels = write(&self.inner.channels);
+        if let Some(p) = channels.get(&node.id) {
+            if p.address == node.address {
+                return Ok(p.channel.clone());
+            }
+            tracing::info!(node_id = %node.id, from = %p.address, to = %node.address, "provider moved; new channel");
+        }
+        let outlier = Arc::new(Outlier {
+            until_ms: AtomicU64::new(0),
+            failures: AtomicU32::new(0),
+        });
+        let observer = self.observer(&node.id, Arc::clone(&outlier));
+        let channel = mtls_channel_observed(
+            tls,
+            &node.id,
+            &node.address,
+            &self.inner.config.channel,
+            Some(observer),
+        )
+        .map_err(|e| PoolError::Connect {
+            node_id: node.id.to_string(),
+            address: node.address.clone(),
+            reason: e.to_string(),
+        })?;
+        channels.insert(
+            node.id.clone(),
+            Provider {
+                address: node.address.clone(),
+                channel: channel.clone(),
+                outlier,
+            },
+        );
+        Ok(channel)
+    }
+
+    /// Sets the provider aside when a connection attempt fails; clears that
+    /// when one succeeds.
+    fn observer(&self, id: &NodeId, outlier: Arc<Outlier>) -> ConnectObserver {
+        let (epoch, config, id) = (self.inner.epoch, self.inner.config, id.clone());
+        Arc::new(move |event| match event {
+            ConnectEvent::Connected => {
+                if outlier.failures.swap(0, Ordering::Relaxed) > 0 {
+                    tracing::info!(node_id = %id, "provider reachable again");
+                }
+                outlier.until_ms.store(0, Ordering::Relaxed);
+            }
+            ConnectEvent::Failed(error) => {
+                let failures = outlier.failures.fetch_add(1, Ordering::Relaxed) + 1;
+                let factor = 1u32 << (failures - 1).min(16);
+                let period = config
+                    .ejection
+                    .saturating_mul(factor)
+                    .min(config.max_ejection);
+                // At least 1: 0 means "not set aside".
+                let until = epoch.elapsed().saturating_add(period).as_millis().max(1);
+                outlier
+                    .until_ms
+                    .store(u64::try_from(until).unwrap_or(u64::MAX), Ordering::Relaxed);
+                tracing::warn!(node_id = %id, %error, failures, ?period, "provider set aside");
+            }
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.inner.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn sweep_if_changed(&self) {
+        let version = self.inner.topology.version();
+        if self.inner.swept.swap(version, Ordering::AcqRel) != version {
+            self.sweep();
+        }
+    }
+
+    /// Drops the channels of providers that left the topology, died, or
+    /// moved. Runs by itself on the first `get_conn` after the topology
+    /// changes; a channel closes once no client made from it is left.
+    pub fn sweep(&self) {
+        let topology = &self.inner.topology;
+        let mut channels = write(&self.inner.channels);
+        channels.retain(|id, p| {
+            let keep = topology
+                .state_of(id.as_str())
+                .is_some_and(|s| s.is_available())
+                && topology
+                    .get_node(id.as_str())
+                    .is_some_and(|n| n.address == p.address);
+            if !keep {
+                tracing::debug!(node_id = %id, "provider gone; channel dropped");
+            }
+            keep
+        });
+    }
+
+    /// How many provider channels the pool holds.
+    pub fn channel_count(&self) -> usize {
+        read(&self.inner.channels).len()
+    }
+
+    /// Whether the provider is set aside now.
+    pub fn is_set_aside(&self, node_id: &str) -> bool {
+        let now = self.now_ms();
+        read(&self.inner.channels)
+            .get(node_id)
+            .is_some_and(|p| p.outlier.until_ms.load(Ordering::Relaxed) > now)
+    }
+
+    /// Drops every channel; later calls get [`PoolError::Closed`].
+    pub async fn close(&self) {
+        self.inner.closed.store(true, Ordering::Release);
+        write(&self.inner.channels).clear();
+        tracing::debug!("pool closed");
+    }
+}
+
+/// A typed client for one service, made on a pooled channel per call to
+/// [`ServiceClient::get`].
+///
+/// ```no_run
+/// # async fn run(pool: aegis_pool::ServiceClientPool) -> Result<(), aegis_pool::PoolError> {
+/// use aegis_peer::proto::testing::echo_client::EchoClient;
+/// let echo = aegis_pool::ServiceClient::new(&pool, "echo", "v1", EchoClient::new);
+/// let mut client = echo.get().await?;
+/// # let _ = &mut client;
+/// # Ok(()) }
+/// ```
+pub struct ServiceClient<T> {
+    pool: ServiceClientPool,
+    name: String,
+    version: String,
+    make: Arc<dyn Fn(Channel) -> T + Send + Sync>,
+}
+
+impl<T> Clone for ServiceClient<T> {
+    fn clone(&self) -> Self {
+        Self {
+            pool: self.pool.clone(),
+            name: self.name.clone(),
+            version: self.version.clone(),
+            make: Arc::clone(&self.make),
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for ServiceClient<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceClient")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> ServiceClient<T> {
+    /// A client of `name` at `version`, built by `make` (a tonic client's
+    /// `new`, for example `IdentityServiceClient::new`).
+    pub fn new(
+        pool: &ServiceClientPool,
+        name: impl Into<String>,
+        version: impl Into<String>,
+        make: impl Fn(Channel) -> T + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            pool: pool.clone(),
+            name: name.into(),
+            version: version.into(),
+            make: Arc::new(make),
+        }
+    }
+
+    /// A client on a channel to the next provider.
+    ///
+    /// # Errors
+    /// As [`ServiceClientPool::get_conn`].
+    pub async fn get(&self) -> Result<T, PoolError> {
+        let channel = self.pool.get_conn(&self.name, &self.version).await?;
+        Ok((self.make)(channel))
+    }
+}
