@@ -40,6 +40,8 @@ mod peer;
 pub mod proto;
 mod server;
 pub mod transport;
+#[doc(hidden)]
+pub mod util;
 
 pub use caller::{
     Caller, CallerError, MeshConnectInfo, PeerCertificate, caller_from_request,

@@ -1,0 +1,591 @@
+//! `Node` and `NodeBuilder`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aegis_peer::{
+    Health, HealthChecker, HealthInfo, HealthResponse, HealthStatus, MeshServer, MeshServerConfig,
+    NodeInfoResponse, Peer, PeerConfig, PeerInfo, PeerManager, PingResponse, Registrar,
+    ServerHandle, SyncReport,
+};
+use aegis_pool::ServiceClientPool;
+use aegis_tls::{TlsConfig, TlsOptions};
+use aegis_topology::{NodeId, NodeInfo, NodeType, ServiceInfo, Topology, TopologyConfig};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tonic::service::RoutesBuilder;
+
+use crate::{Error, MeshConfig, mesh};
+
+/// Builds a [`Node`]. Defaults: type `generic`, certificate directory
+/// `./certs`, the mesh loop on.
+#[must_use]
+pub struct NodeBuilder {
+    id: Option<String>,
+    name: Option<String>,
+    node_type: NodeType,
+    address: Option<String>,
+    services: Vec<ServiceInfo>,
+    registrars: Vec<Registrar>,
+    cert_dir: PathBuf,
+    tls_options: Option<TlsOptions>,
+    mesh: MeshConfig,
+    peer_config: PeerConfig,
+    server_config: MeshServerConfig,
+    shutdown_grace: Duration,
+}
+
+impl Default for NodeBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for NodeBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeBuilder")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("address", &self.address)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NodeBuilder {
+    /// A builder with the reference's defaults.
+    pub fn new() -> Self {
+        Self {
+            id: None,
+            name: None,
+            node_type: NodeType::GENERIC,
+            address: None,
+            services: Vec::new(),
+            registrars: Vec::new(),
+            cert_dir: PathBuf::from("./certs"),
+            tls_options: None,
+            mesh: MeshConfig::default(),
+            peer_config: PeerConfig::default(),
+            server_config: MeshServerConfig::default(),
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+
+    /// The node ID (required): its certificate's CN and its key in the topology.
+    pub fn with_id(mut self, id: impl Into<String>) -> Self {
+        self.id = Some(id.into());
+        self
+    }
+
+    /// The node's name (required).
+    pub fn with_name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// The node's type (default `generic`).
+    pub fn with_type(mut self, node_type: impl Into<NodeType>) -> Self {
+        self.node_type = node_type.into();
+        self
+    }
+
+    /// Where the node listens, `host:port` (required; port 0 picks one).
+    pub fn with_address(mut self, address: impl Into<String>) -> Self {
+        self.address = Some(address.into());
+        self
+    }
+
+    /// Services the node offers.
+    pub fn with_services(mut self, services: impl IntoIterator<Item = ServiceInfo>) -> Self {
+        self.services.extend(services);
+        self
+    }
+
+    /// Registers gRPC services on the server when it starts.
+    pub fn with_service_registration(
+        mut self,
+        register: impl Fn(&mut RoutesBuilder) + Send + Sync + 'static,
+    ) -> Self {
+        self.registrars.push(Arc::new(register));
+        self
+    }
+
+    /// The certificate directory (default `./certs`); certificates are
+    /// generated there if missing.
+    pub fn with_cert_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cert_dir = dir.into();
+        self
+    }
+
+    /// Loads TLS from these options instead of the certificate directory.
+    pub fn with_tls_options(mut self, options: TlsOptions) -> Self {
+        self.tls_options = Some(options);
+        self
+    }
+
+    /// Configures (or, with [`MeshConfig::disabled`], turns off) the mesh loop.
+    pub fn with_mesh_loop(mut self, mesh: MeshConfig) -> Self {
+        self.mesh = mesh;
+        self
+    }
+
+    /// Deadlines of peer calls.
+    pub fn with_peer_config(mut self, config: PeerConfig) -> Self {
+        self.peer_config = config;
+        self
+    }
+
+    /// Server limits.
+    pub fn with_server_config(mut self, config: MeshServerConfig) -> Self {
+        self.server_config = config;
+        self
+    }
+
+    /// How long `shutdown` lets in-flight calls finish (default 5 s).
+    pub fn with_shutdown_grace(mut self, grace: Duration) -> Self {
+        self.shutdown_grace = grace;
+        self
+    }
+
+    /// Validates the fields, loads or generates the certificates, and puts
+    /// the node's own entry in its topology.
+    ///
+    /// # Errors
+    /// [`Error::MissingField`] or [`Error::InvalidField`] naming the field;
+    /// [`Error::Tls`] with the cause when certificates fail.
+    pub fn build(self) -> Result<Node, Error> {
+        let id = self.id.ok_or(Error::MissingField("id"))?;
+        let id = NodeId::new(&id).map_err(|e| Error::InvalidField {
+            field: "id",
+            reason: e.to_string(),
+        })?;
+        let name = self.name.ok_or(Error::MissingField("name"))?;
+        if name.trim().is_empty() {
+            return Err(Error::InvalidField {
+                field: "name",
+                reason: "it is empty".into(),
+            });
+        }
+        let address = self.address.ok_or(Error::MissingField("address"))?;
+        aegis_peer::transport::check_address(&address).map_err(|e| Error::InvalidField {
+            field: "address",
+            reason: e.to_string(),
+        })?;
+        let tls = match &self.tls_options {
+            Some(opts) => aegis_tls::load_tls_config(opts)?,
+            None => aegis_tls::load_or_generate_tls(id.as_str(), &self.cert_dir)?,
+        };
+        if *tls.node_id() != id {
+            return Err(Error::InvalidField {
+                field: "id",
+                reason: format!("the certificate names node {}, not {id}", tls.node_id()),
+            });
+        }
+        // A restarted node's entries must win over those of its previous life.
+        let generation = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(1)
+            .max(1);
+        let topology = Topology::with_config(TopologyConfig {
+            local_id: Some(id.clone()),
+            generation,
+            ..TopologyConfig::default()
+        });
+        topology.add_node(
+            NodeInfo::new(id.as_str(), name.clone(), address.clone())?
+                .with_type(self.node_type.clone())
+                .with_services(self.services.clone()),
+        )?;
+        let peers = PeerManager::new(id.clone(), Some(tls.clone()), topology.clone())
+            .with_config(self.peer_config);
+        Ok(Node {
+            inner: Arc::new(NodeInner {
+                id,
+                name,
+                node_type: self.node_type,
+                address: Mutex::new(address),
+                services: self.services,
+                tls,
+                topology,
+                health: Health::new(),
+                peers,
+                pool: OnceLock::new(),
+                registrars: self.registrars,
+                mesh: self.mesh,
+                server_config: self.server_config,
+                shutdown_grace: self.shutdown_grace,
+                generation,
+                running: tokio::sync::Mutex::new(None),
+                shut_down: std::sync::atomic::AtomicBool::new(false),
+            }),
+        })
+    }
+}
+
+struct Running {
+    server: Option<ServerHandle>,
+    stop: watch::Sender<bool>,
+    mesh: Option<JoinHandle<()>>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(task) = self.mesh.take() {
+            task.abort();
+        }
+    }
+}
+
+pub(crate) struct NodeInner {
+    pub(crate) id: NodeId,
+    name: String,
+    node_type: NodeType,
+    address: Mutex<String>,
+    services: Vec<ServiceInfo>,
+    tls: TlsConfig,
+    pub(crate) topology: Topology,
+    health: Health,
+    pub(crate) peers: PeerManager,
+    pool: OnceLock<ServiceClientPool>,
+    registrars: Vec<Registrar>,
+    mesh: MeshConfig,
+    server_config: MeshServerConfig,
+    shutdown_grace: Duration,
+    generation: u64,
+    running: tokio::sync::Mutex<Option<Running>>,
+    shut_down: std::sync::atomic::AtomicBool,
+}
+
+/// One node of the mesh. Cheap to clone; clones are the same node.
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<NodeInner>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("id", &self.inner.id)
+            .field("address", &self.address())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    /// A [`NodeBuilder`].
+    pub fn builder() -> NodeBuilder {
+        NodeBuilder::new()
+    }
+
+    fn check_open(&self) -> Result<(), Error> {
+        if self
+            .inner
+            .shut_down
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            Err(Error::ShutDown(self.inner.id.to_string()))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Binds the address and serves the mesh protocol, the standard gRPC
+    /// health service and the registered services; starts the mesh loop.
+    /// Returns the bound address (port 0 becomes the real port, which the
+    /// node's topology entry then advertises).
+    ///
+    /// # Errors
+    /// [`Error::AlreadyStarted`], [`Error::ShutDown`], or the bind error
+    /// naming the address.
+    pub async fn start_server(&self) -> Result<SocketAddr, Error> {
+        self.check_open()?;
+        let mut running = self.inner.running.lock().await;
+        if running.is_some() {
+            return Err(Error::AlreadyStarted(self.inner.id.to_string()));
+        }
+        let configured = self.address();
+        let mut server = MeshServer::new(
+            self.inner.tls.clone(),
+            self.inner.topology.clone(),
+            self.inner.health.clone(),
+        )
+        .with_config(self.inner.server_config);
+        for r in &self.inner.registrars {
+            server = server.with_registrar(Arc::clone(r));
+        }
+        let handle = server.serve(&configured).await?;
+        let bound = handle.local_addr();
+        if let Some((host, "0")) = configured.rsplit_once(':') {
+            let advertised = format!("{host}:{}", bound.port());
+            *self
+                .inner
+                .address
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = advertised.clone();
+            self.update_own_entry(advertised)?;
+        }
+        let (stop, stop_rx) = watch::channel(false);
+        let mesh = self.inner.mesh.enabled.then(|| {
+            let seed = self.inner.generation ^ hash(self.inner.id.as_str());
+            tokio::spawn(mesh::run(
+                Arc::downgrade(&self.inner),
+                self.inner.mesh,
+                stop_rx,
+                seed,
+            ))
+        });
+        self.inner
+            .health
+            .set(HealthStatus::Healthy, "serving", None);
+        tracing::info!(node_id = %self.inner.id, address = %bound, "node started");
+        *running = Some(Running {
+            server: Some(handle),
+            stop,
+            mesh,
+        });
+        Ok(bound)
+    }
+
+    fn update_own_entry(&self, address: String) -> Result<(), Error> {
+        let me = self.inner.topology.get_node(self.inner.id.as_str());
+        let mut info = me
+            .map(|n| (*n).clone())
+            .ok_or_else(|| Error::ShutDown(self.inner.id.to_string()))?;
+        info.address = address;
+        info.updated_at = 0;
+        self.inner.topology.update_node(info)?;
+        Ok(())
+    }
+
+    /// Announces that the node leaves (a tombstone, pushed to its peers so
+    /// they drop it at once), stops the mesh loop, stops the server letting
+    /// in-flight calls finish, and closes peers and the pool. Idempotent.
+    ///
+    /// # Errors
+    /// [`Error::Peer`] if the server had failed.
+    pub async fn shutdown(&self) -> Result<(), Error> {
+        if self
+            .inner
+            .shut_down
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            return Ok(());
+        }
+        let running = self.inner.running.lock().await.take();
+        let mut result = Ok(());
+        if let Some(mut running) = running {
+            let _ = running.stop.send(true);
+            if let Some(task) = running.mesh.take() {
+                let _ = task.await;
+            }
+            if self
+                .inner
+                .topology
+                .remove_node(self.inner.id.as_str())
+                .is_ok()
+            {
+                let peers = self.inner.peers.get_all_peers();
+                let pushes = peers.iter().map(|p| {
+                    tokio::time::timeout(
+                        Duration::from_millis(500),
+                        self.inner.peers.sync_topology(p.id().as_str()),
+                    )
+                });
+                aegis_peer::util::join_all(pushes).await;
+            }
+            if let Some(server) = running.server.take() {
+                result = server
+                    .shutdown(self.inner.shutdown_grace)
+                    .await
+                    .map_err(Error::from);
+            }
+        }
+        self.inner.peers.close();
+        if let Some(pool) = self.inner.pool.get() {
+            pool.close().await;
+        }
+        tracing::info!(node_id = %self.inner.id, "node shut down");
+        result
+    }
+
+    /// Adds a peer; it is dialled on first use.
+    ///
+    /// # Errors
+    /// As [`PeerManager::add_peer`].
+    pub fn add_peer(&self, info: PeerInfo) -> Result<(), Error> {
+        self.check_open()?;
+        self.inner.peers.add_peer(info)?;
+        Ok(())
+    }
+
+    /// Removes a peer and closes its channel.
+    ///
+    /// # Errors
+    /// As [`PeerManager::remove_peer`].
+    pub fn remove_peer(&self, id: &str) -> Result<(), Error> {
+        self.inner.peers.remove_peer(id)?;
+        Ok(())
+    }
+
+    /// A peer by ID.
+    pub fn get_peer(&self, id: &str) -> Option<Peer> {
+        self.inner.peers.get_peer(id)
+    }
+
+    /// Every peer.
+    pub fn get_all_peers(&self) -> Vec<Peer> {
+        self.inner.peers.get_all_peers()
+    }
+
+    /// The peer manager.
+    pub fn peers(&self) -> &PeerManager {
+        &self.inner.peers
+    }
+
+    /// Pings a peer; the response carries the round-trip latency.
+    ///
+    /// # Errors
+    /// As [`PeerManager::ping_peer`].
+    pub async fn ping_peer(&self, id: &str) -> Result<PingResponse, Error> {
+        Ok(self.inner.peers.ping_peer(id).await?)
+    }
+
+    /// A peer's health.
+    ///
+    /// # Errors
+    /// As [`PeerManager::get_peer_health`].
+    pub async fn get_peer_health(&self, id: &str) -> Result<HealthResponse, Error> {
+        Ok(self.inner.peers.get_peer_health(id).await?)
+    }
+
+    /// A peer's identity and health.
+    ///
+    /// # Errors
+    /// As [`PeerManager::get_peer_node_info`].
+    pub async fn get_peer_node_info(&self, id: &str) -> Result<NodeInfoResponse, Error> {
+        Ok(self.inner.peers.get_peer_node_info(id).await?)
+    }
+
+    /// Syncs topologies with one peer, both ways, then makes peers of the
+    /// nodes learnt.
+    ///
+    /// # Errors
+    /// As [`PeerManager::sync_topology`].
+    pub async fn sync_topology(&self, id: &str) -> Result<SyncReport, Error> {
+        let report = self.inner.peers.sync_topology(id).await?;
+        mesh::learn_peers(&self.inner);
+        Ok(report)
+    }
+
+    /// Syncs with every peer; fails with the first error after trying all.
+    ///
+    /// # Errors
+    /// The first peer's error, if any failed.
+    pub async fn sync_topology_with_all_peers(&self) -> Result<(), Error> {
+        let results = self.inner.peers.sync_topology_with_all_peers().await;
+        mesh::learn_peers(&self.inner);
+        for (_, r) in results {
+            r?;
+        }
+        Ok(())
+    }
+
+    /// Sets the node's health (served by `GetHealth` and `grpc.health.v1`).
+    pub fn set_health(
+        &self,
+        status: HealthStatus,
+        message: impl Into<String>,
+        error: Option<String>,
+    ) {
+        self.inner.health.set(status, message, error);
+    }
+
+    /// Runs a checker and records the outcome either way.
+    ///
+    /// # Errors
+    /// [`Error::HealthCheck`] with what the checker said.
+    pub async fn check_health(&self, checker: &dyn HealthChecker) -> Result<(), Error> {
+        self.inner
+            .health
+            .check(checker)
+            .await
+            .map_err(|e| Error::HealthCheck {
+                checker: checker.name().to_owned(),
+                reason: e.to_string(),
+            })
+    }
+
+    /// Whether the node's status is healthy.
+    pub fn is_healthy(&self) -> bool {
+        self.inner.health.is_healthy()
+    }
+
+    /// The node ID.
+    pub fn id(&self) -> &NodeId {
+        &self.inner.id
+    }
+
+    /// The node's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The node's type.
+    pub fn node_type(&self) -> &NodeType {
+        &self.inner.node_type
+    }
+
+    /// The address the node advertises (the bound one once started on port 0).
+    pub fn address(&self) -> String {
+        self.inner
+            .address
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The services the node offers.
+    pub fn services(&self) -> &[ServiceInfo] {
+        &self.inner.services
+    }
+
+    /// The node's health.
+    pub fn health(&self) -> HealthInfo {
+        self.inner.health.get()
+    }
+
+    /// The node's view of the mesh.
+    pub fn topology(&self) -> &Topology {
+        &self.inner.topology
+    }
+
+    /// The node's TLS identity.
+    pub fn tls_config(&self) -> &TlsConfig {
+        &self.inner.tls
+    }
+
+    /// The node's client pool (one per node, made on first use).
+    pub fn client_pool(&self) -> ServiceClientPool {
+        self.inner
+            .pool
+            .get_or_init(|| {
+                ServiceClientPool::new(self.inner.topology.clone(), Some(self.inner.tls.clone()))
+            })
+            .clone()
+    }
+}
+
+impl From<&Node> for ServiceClientPool {
+    fn from(node: &Node) -> Self {
+        node.client_pool()
+    }
+}
+
+fn hash(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
