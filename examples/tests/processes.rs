@@ -1,0 +1,210 @@
+//! A mesh of real `aegis-node` processes on 127.0.0.1, joined through one
+//! seed, called through the pool from a fourth node in this process.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use aegis::peer::proto::mesh::GetTopologyRequest;
+use aegis::services::identity::ValidateSessionRequest;
+use aegis::services::identity::identity_service_client::IdentityServiceClient;
+use aegis::{Node, PeerInfo, ServiceClient};
+
+struct Proc {
+    child: Child,
+    address: String,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(args: &[&str]) -> Proc {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_aegis-node"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(addr) = line.strip_prefix("listening on ") {
+                let _ = tx.send(addr.to_owned());
+            }
+        }
+    });
+    let address = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the node printed its address");
+    Proc { child, address }
+}
+
+fn signal(child: &Child, sig: &str) {
+    let status = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+async fn wait_until(limit: Duration, what: &str, mut f: impl AsyncFnMut() -> bool) {
+    let start = Instant::now();
+    while !f().await {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_processes_and_a_consumer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_str().unwrap();
+    let common = |id: &'static str| {
+        vec![
+            "--id",
+            id,
+            "--name",
+            id,
+            "--address",
+            "127.0.0.1:0",
+            "--cert-dir",
+            dir,
+            "--service",
+            "identity/v1",
+        ]
+    };
+    let seed = spawn(&common("p1"));
+    let peer = format!("p1@{}", seed.address);
+    let mut rest: Vec<Proc> = ["p2", "p3"]
+        .into_iter()
+        .map(|id| {
+            let mut args = common(id);
+            args.extend(["--peer", &peer]);
+            spawn(&args)
+        })
+        .collect();
+
+    let consumer = Node::builder()
+        .with_id("consumer")
+        .with_name("consumer")
+        .with_address("127.0.0.1:0")
+        .with_cert_dir(tmp.path())
+        .build()
+        .unwrap();
+    consumer.start_server().await.unwrap();
+    consumer
+        .add_peer(PeerInfo::new("p1", seed.address.clone()).unwrap())
+        .unwrap();
+
+    // Convergence, as every process sees it.
+    wait_until(Duration::from_secs(15), "mesh converged", async || {
+        if consumer
+            .topology()
+            .get_service_providers("identity", "v1")
+            .len()
+            != 3
+        {
+            return false;
+        }
+        for id in ["p1", "p2", "p3"] {
+            let Some(p) = consumer.get_peer(id) else {
+                return false;
+            };
+            let Ok(mut client) = p.client() else {
+                return false;
+            };
+            match client
+                .get_topology(GetTopologyRequest {
+                    sender_id: "consumer".into(),
+                })
+                .await
+            {
+                Ok(r) if r.get_ref().nodes.len() == 4 => {}
+                _ => return false,
+            }
+        }
+        true
+    })
+    .await;
+
+    let pool = consumer.client_pool();
+    let identity = ServiceClient::new(&pool, "identity", "v1", IdentityServiceClient::new);
+    let call = async || -> bool {
+        match identity.get().await {
+            Ok(mut c) => c
+                .validate_session(ValidateSessionRequest {
+                    token: "token-alice".into(),
+                })
+                .await
+                .is_ok_and(|r| r.get_ref().valid && r.get_ref().user_id == "alice"),
+            Err(_) => false,
+        }
+    };
+    for _ in 0..30 {
+        assert!(call().await, "call through the pool failed");
+    }
+
+    // Kill a provider outright; calls keep succeeding on the others.
+    let victim = rest.remove(0);
+    signal(&victim.child, "-KILL");
+    drop(victim);
+    let mut failed = 0;
+    for _ in 0..20 {
+        failed += usize::from(!call().await);
+    }
+    assert!(failed <= 3, "{failed} of 20 calls failed after the kill");
+    for _ in 0..20 {
+        assert!(
+            call().await,
+            "a call failed once the dead provider was set aside"
+        );
+    }
+
+    // The others stop gracefully on SIGTERM.
+    for mut p in [seed].into_iter().chain(rest) {
+        signal(&p.child, "-TERM");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let status = loop {
+            if let Some(s) = p.child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "node did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(status.success(), "{status}");
+    }
+    consumer.shutdown().await.unwrap();
+}
+
+#[test]
+fn bad_flags_get_usage_and_a_nonzero_exit() {
+    for args in [
+        &["--bogus"][..],
+        &["--service", "noslash"],
+        &["--peer", "nope"],
+        &["--id"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_aegis-node"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("usage: node"),
+            "{args:?}"
+        );
+    }
+    // Missing required fields: a clear error naming the field.
+    let out = Command::new(env!("CARGO_BIN_EXE_aegis-node"))
+        .args(["--id", "x"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("name is required"));
+}
