@@ -182,6 +182,101 @@ async fn three_processes_and_a_consumer() {
     consumer.shutdown().await.unwrap();
 }
 
+/// A node frozen with SIGSTOP is cut off both ways, like a partitioned (or
+/// stalled) node: the others mark it dead. Thawed with SIGCONT, it learns
+/// of the claim, refutes it, and the mesh agrees again within 3 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_node_is_marked_dead_and_the_mesh_heals() {
+    use aegis::peer::proto::mesh::NodeState as WireState;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_str().unwrap();
+    let common = |id: &'static str| {
+        vec![
+            "--id",
+            id,
+            "--name",
+            id,
+            "--address",
+            "127.0.0.1:0",
+            "--cert-dir",
+            dir,
+        ]
+    };
+    let seed = spawn(&common("q1"));
+    let peer = format!("q1@{}", seed.address);
+    let others: Vec<Proc> = ["q2", "q3"]
+        .into_iter()
+        .map(|id| {
+            let mut args = common(id);
+            args.extend(["--peer", &peer]);
+            spawn(&args)
+        })
+        .collect();
+    let observer = Node::builder()
+        .with_id("observer")
+        .with_name("observer")
+        .with_address("127.0.0.1:0")
+        .with_cert_dir(tmp.path())
+        .build()
+        .unwrap();
+    observer.start_server().await.unwrap();
+    observer
+        .add_peer(PeerInfo::new("q1", seed.address.clone()).unwrap())
+        .unwrap();
+
+    // How node `asker` sees node `about`: its state, if it lists it.
+    async fn seen_by(observer: &Node, asker: &str, about: &str) -> Option<i32> {
+        let mut client = observer.get_peer(asker)?.client().ok()?;
+        let r = client
+            .get_topology(GetTopologyRequest {
+                sender_id: "observer".into(),
+            })
+            .await
+            .ok()?;
+        r.get_ref()
+            .nodes
+            .iter()
+            .find(|n| n.id == about)
+            .map(|n| n.state)
+    }
+    wait_until(Duration::from_secs(15), "mesh converged", async || {
+        observer.topology().node_count() == 4
+            && seen_by(&observer, "q1", "q3").await.is_some()
+            && seen_by(&observer, "q2", "q3").await.is_some()
+    })
+    .await;
+
+    let frozen = &others[1];
+    signal(&frozen.child, "-STOP");
+    let cut = Instant::now();
+    wait_until(
+        Duration::from_secs(5),
+        "frozen node marked dead",
+        async || {
+            observer.topology().state_of("q3") == Some(aegis::NodeState::Dead)
+                && seen_by(&observer, "q1", "q3").await.is_none()
+                && seen_by(&observer, "q2", "q3").await.is_none()
+        },
+    )
+    .await;
+    println!("partitioned node marked dead in {:?}", cut.elapsed());
+
+    signal(&frozen.child, "-CONT");
+    let healed = Instant::now();
+    wait_until(Duration::from_secs(3), "partition healed", async || {
+        observer.topology().state_of("q3") == Some(aegis::NodeState::Alive)
+            && seen_by(&observer, "q1", "q3").await == Some(WireState::Alive as i32)
+            && seen_by(&observer, "q2", "q3").await == Some(WireState::Alive as i32)
+            && seen_by(&observer, "q3", "q3").await == Some(WireState::Alive as i32)
+    })
+    .await;
+    println!("partition healed in {:?}", healed.elapsed());
+    observer.shutdown().await.unwrap();
+    drop(others);
+    drop(seed);
+}
+
 #[test]
 fn bad_flags_get_usage_and_a_nonzero_exit() {
     for args in [

@@ -43,7 +43,7 @@ impl Default for MeshConfig {
             interval: Duration::from_millis(300),
             jitter: 0.2,
             fanout: 3,
-            probe_timeout: Duration::from_millis(500),
+            probe_timeout: Duration::from_millis(250),
             sync_timeout: Duration::from_secs(2),
             suspect_after: 2,
             dead_after: 4,
