@@ -34,3 +34,42 @@ pub fn scan_providers(nodes: &[NodeInfo], name: &str, version: &str) -> Vec<Node
         .cloned()
         .collect()
 }
+
+/// The value, or a panic with the error's message (benches have no caller
+/// to return errors to).
+pub fn expect<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
+    r.unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// What the network benches share: a 2-worker runtime (the machines have 2
+/// cores) and a certificate directory with a server and a client identity.
+pub struct NetFixture {
+    /// The runtime the servers and the call loops run on.
+    pub rt: tokio::runtime::Runtime,
+    /// The server's TLS identity.
+    pub server_tls: aegis_tls::TlsConfig,
+    /// The client's TLS identity.
+    pub client_tls: aegis_tls::TlsConfig,
+    _dir: tempfile::TempDir,
+}
+
+impl NetFixture {
+    /// Identities `server` and `client` from one fresh CA.
+    pub fn new(server: &str, client: &str) -> Self {
+        let rt = expect(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build(),
+        );
+        let dir = expect(tempfile::tempdir());
+        let server_tls = expect(aegis_tls::load_or_generate_tls(server, dir.path()));
+        let client_tls = expect(aegis_tls::load_or_generate_tls(client, dir.path()));
+        Self {
+            rt,
+            server_tls,
+            client_tls,
+            _dir: dir,
+        }
+    }
+}

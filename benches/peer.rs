@@ -9,6 +9,7 @@
 
 use std::time::{Duration, Instant};
 
+use aegis_benches::{NetFixture, expect};
 use aegis_peer::proto::mesh as pb;
 use aegis_peer::proto::mesh::mesh_service_client::MeshServiceClient;
 use aegis_peer::proto::mesh::mesh_service_server::{MeshService, MeshServiceServer};
@@ -67,10 +68,6 @@ fn ping_request() -> pb::PingRequest {
     }
 }
 
-fn expect<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
-    r.unwrap_or_else(|e| panic!("{e}"))
-}
-
 /// Runs `iters` sequential pings on a worker and times them.
 fn timed_pings(
     rt: &tokio::runtime::Runtime,
@@ -112,15 +109,8 @@ fn plain_channel(addr: std::net::SocketAddr) -> Channel {
 }
 
 fn ping(c: &mut Criterion) {
-    let rt = expect(
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build(),
-    );
-    let dir = expect(tempfile::tempdir());
-    let server_tls = expect(aegis_tls::load_or_generate_tls("bench-server", dir.path()));
-    let client_tls = expect(aegis_tls::load_or_generate_tls("bench-client", dir.path()));
+    let fx = NetFixture::new("bench-server", "bench-client");
+    let (rt, server_tls, client_tls) = (&fx.rt, fx.server_tls.clone(), fx.client_tls.clone());
     let server_id = expect(NodeId::new("bench-server"));
 
     // The same handler over mTLS and in plain text.
@@ -166,10 +156,10 @@ fn ping(c: &mut Criterion) {
     let mut g = c.benchmark_group("ping_open_connection");
     g.measurement_time(Duration::from_secs(5));
     g.bench_function("baseline_plaintext", |b| {
-        b.iter_custom(|n| timed_pings(&rt, &plain_client, n))
+        b.iter_custom(|n| timed_pings(rt, &plain_client, n))
     });
     g.bench_function("mtls", |b| {
-        b.iter_custom(|n| timed_pings(&rt, &tls_client, n))
+        b.iter_custom(|n| timed_pings(rt, &tls_client, n))
     });
     g.bench_function("mtls_peer_manager", |b| {
         b.iter_custom(|n| {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use aegis_benches::mesh_entries;
+use aegis_benches::{NetFixture, expect, mesh_entries};
 use aegis_peer::proto::testing::echo_client::EchoClient;
 use aegis_peer::proto::testing::echo_server::{Echo, EchoServer};
 use aegis_peer::proto::testing::{SlowRequest, WhoAmIRequest, WhoAmIResponse};
@@ -51,10 +51,6 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-fn expect<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
-    r.unwrap_or_else(|e| panic!("{e}"))
-}
-
 /// The reference's `GetConn`: scan every node for the service, pick
 /// round-robin, look the channel up by address.
 fn reference_get_conn(
@@ -82,17 +78,8 @@ fn allocations_per_call(calls: usize, mut f: impl FnMut()) -> f64 {
 }
 
 fn get_conn(c: &mut Criterion) {
-    let rt = expect(
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build(),
-    );
-    let dir = expect(tempfile::tempdir());
-    let tls = expect(aegis_tls::load_or_generate_tls(
-        "bench-consumer",
-        dir.path(),
-    ));
+    let fx = NetFixture::new("bench-provider", "bench-consumer");
+    let (rt, tls) = (&fx.rt, fx.client_tls.clone());
     let entries = mesh_entries(10_000, 1);
     let nodes: Vec<NodeInfo> = entries.iter().map(|e| (*e.info).clone()).collect();
     let topology = Topology::new();
@@ -206,21 +193,8 @@ impl Echo for Hello {
 }
 
 fn throughput(c: &mut Criterion) {
-    let rt = expect(
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build(),
-    );
-    let dir = expect(tempfile::tempdir());
-    let server_tls = expect(aegis_tls::load_or_generate_tls(
-        "bench-provider",
-        dir.path(),
-    ));
-    let client_tls = expect(aegis_tls::load_or_generate_tls(
-        "bench-consumer",
-        dir.path(),
-    ));
+    let fx = NetFixture::new("bench-provider", "bench-consumer");
+    let (rt, server_tls, client_tls) = (&fx.rt, fx.server_tls.clone(), fx.client_tls.clone());
     let server = expect(rt.block_on(serve_routes(
         &server_tls,
         "127.0.0.1:0",

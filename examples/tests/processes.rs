@@ -23,7 +23,7 @@ impl Drop for Proc {
     }
 }
 
-fn spawn(args: &[&str]) -> Proc {
+fn spawn(args: &[String]) -> Proc {
     let mut child = Command::new(env!("CARGO_BIN_EXE_aegis-node"))
         .args(args)
         .stdout(Stdio::piped())
@@ -53,6 +53,56 @@ fn signal(child: &Child, sig: &str) {
     assert!(status.success());
 }
 
+/// Three `aegis-node` processes joined through the first, and an in-process
+/// node `me` that knows only the first.
+async fn mesh_of_three(
+    dir: &std::path::Path,
+    ids: [&str; 3],
+    services: &[&str],
+    me: &str,
+) -> (Vec<Proc>, Node) {
+    let d = dir.to_str().unwrap();
+    let args = |id: &str| {
+        let mut a: Vec<String> = [
+            "--id",
+            id,
+            "--name",
+            id,
+            "--address",
+            "127.0.0.1:0",
+            "--cert-dir",
+            d,
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        for s in services {
+            a.extend(["--service".to_owned(), (*s).to_owned()]);
+        }
+        a
+    };
+    let seed = spawn(&args(ids[0]));
+    let peer = format!("{}@{}", ids[0], seed.address);
+    let seed_address = seed.address.clone();
+    let mut procs = vec![seed];
+    for id in &ids[1..] {
+        let mut a = args(id);
+        a.extend(["--peer".to_owned(), peer.clone()]);
+        procs.push(spawn(&a));
+    }
+    let node = Node::builder()
+        .with_id(me)
+        .with_name(me)
+        .with_address("127.0.0.1:0")
+        .with_cert_dir(dir)
+        .build()
+        .unwrap();
+    node.start_server().await.unwrap();
+    node.add_peer(PeerInfo::new(ids[0], seed_address).unwrap())
+        .unwrap();
+    (procs, node)
+}
+
 async fn wait_until(limit: Duration, what: &str, mut f: impl AsyncFnMut() -> bool) {
     let start = Instant::now();
     while !f().await {
@@ -64,43 +114,8 @@ async fn wait_until(limit: Duration, what: &str, mut f: impl AsyncFnMut() -> boo
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_processes_and_a_consumer() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().to_str().unwrap();
-    let common = |id: &'static str| {
-        vec![
-            "--id",
-            id,
-            "--name",
-            id,
-            "--address",
-            "127.0.0.1:0",
-            "--cert-dir",
-            dir,
-            "--service",
-            "identity/v1",
-        ]
-    };
-    let seed = spawn(&common("p1"));
-    let peer = format!("p1@{}", seed.address);
-    let mut rest: Vec<Proc> = ["p2", "p3"]
-        .into_iter()
-        .map(|id| {
-            let mut args = common(id);
-            args.extend(["--peer", &peer]);
-            spawn(&args)
-        })
-        .collect();
-
-    let consumer = Node::builder()
-        .with_id("consumer")
-        .with_name("consumer")
-        .with_address("127.0.0.1:0")
-        .with_cert_dir(tmp.path())
-        .build()
-        .unwrap();
-    consumer.start_server().await.unwrap();
-    consumer
-        .add_peer(PeerInfo::new("p1", seed.address.clone()).unwrap())
-        .unwrap();
+    let (mut procs, consumer) =
+        mesh_of_three(tmp.path(), ["p1", "p2", "p3"], &["identity/v1"], "consumer").await;
 
     // Convergence, as every process sees it.
     wait_until(Duration::from_secs(15), "mesh converged", async || {
@@ -151,7 +166,7 @@ async fn three_processes_and_a_consumer() {
     }
 
     // Kill a provider outright; calls keep succeeding on the others.
-    let victim = rest.remove(0);
+    let victim = procs.remove(1);
     signal(&victim.child, "-KILL");
     drop(victim);
     let mut failed = 0;
@@ -167,7 +182,7 @@ async fn three_processes_and_a_consumer() {
     }
 
     // The others stop gracefully on SIGTERM.
-    for mut p in [seed].into_iter().chain(rest) {
+    for mut p in procs {
         signal(&p.child, "-TERM");
         let deadline = Instant::now() + Duration::from_secs(15);
         let status = loop {
@@ -190,40 +205,7 @@ async fn a_partitioned_node_is_marked_dead_and_the_mesh_heals() {
     use aegis::peer::proto::mesh::NodeState as WireState;
 
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().to_str().unwrap();
-    let common = |id: &'static str| {
-        vec![
-            "--id",
-            id,
-            "--name",
-            id,
-            "--address",
-            "127.0.0.1:0",
-            "--cert-dir",
-            dir,
-        ]
-    };
-    let seed = spawn(&common("q1"));
-    let peer = format!("q1@{}", seed.address);
-    let others: Vec<Proc> = ["q2", "q3"]
-        .into_iter()
-        .map(|id| {
-            let mut args = common(id);
-            args.extend(["--peer", &peer]);
-            spawn(&args)
-        })
-        .collect();
-    let observer = Node::builder()
-        .with_id("observer")
-        .with_name("observer")
-        .with_address("127.0.0.1:0")
-        .with_cert_dir(tmp.path())
-        .build()
-        .unwrap();
-    observer.start_server().await.unwrap();
-    observer
-        .add_peer(PeerInfo::new("q1", seed.address.clone()).unwrap())
-        .unwrap();
+    let (procs, observer) = mesh_of_three(tmp.path(), ["q1", "q2", "q3"], &[], "observer").await;
 
     // How node `asker` sees node `about`: its state, if it lists it.
     async fn seen_by(observer: &Node, asker: &str, about: &str) -> Option<i32> {
@@ -247,7 +229,7 @@ async fn a_partitioned_node_is_marked_dead_and_the_mesh_heals() {
     })
     .await;
 
-    let frozen = &others[1];
+    let frozen = &procs[2];
     signal(&frozen.child, "-STOP");
     let cut = Instant::now();
     wait_until(
@@ -273,8 +255,7 @@ async fn a_partitioned_node_is_marked_dead_and_the_mesh_heals() {
     .await;
     println!("partition healed in {:?}", healed.elapsed());
     observer.shutdown().await.unwrap();
-    drop(others);
-    drop(seed);
+    drop(procs);
 }
 
 #[test]

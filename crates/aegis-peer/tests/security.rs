@@ -22,6 +22,17 @@ async fn ping_over(channel: tonic::transport::Channel) -> Result<(), tonic::Stat
         .map(|_| ())
 }
 
+/// A peer manager for `tls` with one peer, `id` at `address`.
+fn dialler(tls: TlsConfig, id: &str, address: &str) -> aegis_peer::PeerManager {
+    let peers = aegis_peer::PeerManager::new(
+        tls.node_id().clone(),
+        Some(tls),
+        aegis_topology::Topology::new(),
+    );
+    peers.add_peer(PeerInfo::new(id, address).unwrap()).unwrap();
+    peers
+}
+
 fn ca_pem(mesh: &Mesh) -> String {
     std::fs::read_to_string(mesh.dir.path().join("ca-cert.pem")).unwrap()
 }
@@ -69,14 +80,7 @@ async fn a_client_certificate_from_another_ca_is_refused() {
         &TlsOptions::default(),
     )
     .unwrap();
-    let peers = aegis_peer::PeerManager::new(
-        tls.node_id().clone(),
-        Some(tls),
-        aegis_topology::Topology::new(),
-    );
-    peers
-        .add_peer(PeerInfo::new("node-a", server.address()).unwrap())
-        .unwrap();
+    let peers = dialler(tls, "node-a", &server.address());
     let err = peers.ping_peer("node-a").await.unwrap_err();
     assert!(matches!(err, PeerError::Rpc { .. }), "{err}");
 }
@@ -109,29 +113,14 @@ async fn an_expired_client_certificate_is_refused() {
         &TlsOptions::default().with_allow_expired(true),
     )
     .unwrap();
-    let peers = aegis_peer::PeerManager::new(
-        tls.node_id().clone(),
-        Some(tls),
-        aegis_topology::Topology::new(),
-    );
-    peers
-        .add_peer(PeerInfo::new("node-a", server.address()).unwrap())
-        .unwrap();
+    let peers = dialler(tls, "node-a", &server.address());
     assert!(
         peers.ping_peer("node-a").await.is_err(),
         "an expired certificate got through"
     );
 
     // The same CA's valid certificate gets through: the refusal was the date.
-    let ok = mesh.tls("fresh-node");
-    let peers = aegis_peer::PeerManager::new(
-        ok.node_id().clone(),
-        Some(ok),
-        aegis_topology::Topology::new(),
-    );
-    peers
-        .add_peer(PeerInfo::new("node-a", server.address()).unwrap())
-        .unwrap();
+    let peers = dialler(mesh.tls("fresh-node"), "node-a", &server.address());
     peers.ping_peer("node-a").await.unwrap();
 }
 
