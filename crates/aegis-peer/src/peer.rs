@@ -13,8 +13,8 @@ use tonic::transport::Channel;
 
 use crate::PeerError;
 use crate::convert::{
-    digest_to_wire, entries_from_wire, entry_digest_from_wire, entry_to_wire, health_from_wire,
-    now_unix,
+    digest_from_wire, digest_to_wire, entries_from_wire, entry_digest_from_wire, entry_to_wire,
+    health_from_wire, now_unix,
 };
 use crate::health::HealthInfo;
 use crate::proto::mesh as pb;
@@ -519,13 +519,49 @@ impl PeerManager {
                 bytes_received,
             });
         }
-        let theirs = resp
-            .digests
-            .iter()
-            .map(entry_digest_from_wire)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(bad)?;
-        let plan = self.topology.compare(&theirs);
+        let digests_of = |digests: &[pb::EntryDigest]| {
+            digests
+                .iter()
+                .map(entry_digest_from_wire)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(bad)
+        };
+        let plan = if resp.buckets.is_empty() {
+            self.topology.compare(&digests_of(&resp.digests)?)
+        } else {
+            // Step 1b: ask for the entry digests of the buckets that differ.
+            let remote = resp
+                .buckets
+                .iter()
+                .map(digest_from_wire)
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| PeerError::BadResponse {
+                    peer: id.to_owned(),
+                    rpc: "SyncTopology",
+                    reason: "a bucket digest is not 16 bytes".to_owned(),
+                })?;
+            let differing = self.topology.differing_buckets(&remote);
+            let step = pb::TopologySyncRequest {
+                sender_id: self.local_id.to_string(),
+                version,
+                buckets: differing.iter().map(|&b| u32::from(b)).collect(),
+                ..Default::default()
+            };
+            bytes_sent += step.encoded_len();
+            let resp = if differing.is_empty() {
+                pb::TopologySyncResponse::default()
+            } else {
+                self.call(
+                    &peer,
+                    "SyncTopology",
+                    client.sync_topology(self.request(step)),
+                )
+                .await?
+            };
+            bytes_received += resp.encoded_len();
+            self.topology
+                .compare_in(&digests_of(&resp.digests)?, &differing)
+        };
         let sent = plan.send.len();
         let step2 = pb::TopologySyncRequest {
             sender_id: self.local_id.to_string(),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aegis_tls::{NodeId, TlsConfig};
-use aegis_topology::{NodeId as TopoId, Topology};
+use aegis_topology::{BUCKETED_ABOVE, BUCKETS, NodeId as TopoId, Topology};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
@@ -18,8 +18,8 @@ use tonic_health::ServingStatus;
 
 use crate::PeerError;
 use crate::convert::{
-    digest_from_wire, entries_from_wire, entry_digest_to_wire, entry_to_wire, health_to_wire,
-    now_unix,
+    digest_from_wire, digest_to_wire, entries_from_wire, entry_digest_to_wire, entry_to_wire,
+    health_to_wire, now_unix,
 };
 use crate::health::{Health, HealthStatus};
 use crate::proto::mesh as pb;
@@ -492,8 +492,16 @@ impl MeshService for MeshHandler {
             let remote =
                 digest_from_wire(&d).ok_or_else(|| invalid("digest", "sum is not 16 bytes"))?;
             resp.extended = true;
-            if remote == self.topology.digest() {
+            let mine = self.topology.digest();
+            if remote == mine {
                 resp.in_sync = true;
+            } else if mine.count > BUCKETED_ABOVE {
+                resp.buckets = self
+                    .topology
+                    .bucket_digests()
+                    .into_iter()
+                    .map(digest_to_wire)
+                    .collect();
             } else {
                 resp.digests = self
                     .topology
@@ -502,6 +510,23 @@ impl MeshService for MeshHandler {
                     .map(entry_digest_to_wire)
                     .collect();
             }
+        } else if !r.buckets.is_empty() {
+            // Step 1b: the entry digests of the buckets that differ.
+            let buckets: Vec<u16> = r
+                .buckets
+                .iter()
+                .map(|&b| u16::try_from(b).ok().filter(|&b| usize::from(b) < BUCKETS))
+                .collect::<Option<_>>()
+                .ok_or_else(|| {
+                    invalid("buckets", format!("a bucket number is not below {BUCKETS}"))
+                })?;
+            resp.extended = true;
+            resp.digests = self
+                .topology
+                .entry_digests_in(&buckets)
+                .iter()
+                .map(entry_digest_to_wire)
+                .collect();
         } else {
             // A reference node: the whole topology and the local version.
             resp.nodes = self.available_nodes();

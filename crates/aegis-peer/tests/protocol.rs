@@ -257,3 +257,46 @@ async fn standard_grpc_health_follows_the_node() {
     }
     assert!(not_serving, "health service never reported NOT_SERVING");
 }
+
+#[tokio::test]
+async fn malformed_sync_requests_are_refused_with_the_reason() {
+    let mesh = Mesh::new();
+    let a = start_node(&mesh, "node-a").await;
+    let tls = mesh.tls("prober");
+    let channel = mtls_channel(&tls, &a.id, &a.address(), &ChannelOptions::default()).unwrap();
+    let mut client = MeshServiceClient::new(channel);
+    let cases = [
+        (
+            TopologySyncRequest {
+                buckets: vec![9999],
+                ..Default::default()
+            },
+            "bucket",
+        ),
+        (
+            TopologySyncRequest {
+                digest: Some(aegis_peer::proto::mesh::SyncDigest {
+                    count: 1,
+                    sum: vec![0; 3],
+                }),
+                ..Default::default()
+            },
+            "16 bytes",
+        ),
+        (
+            TopologySyncRequest {
+                delta: true,
+                want: vec!["../bad".into()],
+                ..Default::default()
+            },
+            "want",
+        ),
+    ];
+    let before = a.topology.digest();
+    for (req, what) in cases {
+        let status = client.sync_topology(req).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status}");
+        assert!(status.message().contains(what), "{what}: {status}");
+    }
+    assert_eq!(a.topology.digest(), before);
+}

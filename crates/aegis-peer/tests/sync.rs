@@ -93,6 +93,25 @@ async fn a_thousand_node_topology_moves_once_then_only_digests() {
         converged[0] < 100,
         "a converged sync is a digest and a flag: {converged:?}"
     );
+
+    // One new entry on a: the next sync finds it through bucket digests and
+    // ships the entry digests of one bucket, not of all 1,002 entries.
+    a.topology.add_node(extra(5000)).unwrap();
+    let r = b.peers.sync_topology("node-a").await.unwrap();
+    assert_eq!((r.mode, r.received, r.sent), (SyncMode::Delta, 1, 0));
+    let one_change = r.bytes_sent + r.bytes_received;
+    let all_digests: usize = a
+        .topology
+        .entry_digests()
+        .iter()
+        .map(|d| d.encoded_len())
+        .sum();
+    println!("one change among 1,000 nodes: {one_change} bytes (all entry digests: {all_digests})");
+    assert!(
+        one_change * 3 < all_digests,
+        "{one_change} vs {all_digests}"
+    );
+    assert_eq!(a.topology.digest(), b.topology.digest());
 }
 
 /// A node of the reference implementation, as the wire sees it: it answers

@@ -142,3 +142,18 @@ pub(crate) fn digest_term(id: &NodeId, p: Precedence) -> u128 {
     };
     (u128::from(part(0x5151_5151)) << 64) | u128::from(part(0xa3a3_a3a3))
 }
+
+/// How many buckets entries are spread over for [`crate::Topology::bucket_digests`].
+pub const BUCKETS: usize = 256;
+
+/// A topology with more entries than this answers "we differ" with bucket
+/// digests first, rather than all its entry digests (below it, the entry
+/// digests are smaller than the bucket digests).
+pub const BUCKETED_ABOVE: u64 = BUCKETS as u64;
+
+/// The bucket of a node ID: a fixed hash, the same on every node.
+pub(crate) fn bucket_of(id: &NodeId) -> usize {
+    let mut h = Hasher64::new(0xb0c4_e75e);
+    h.bytes(id.as_str().as_bytes());
+    (h.finish() % BUCKETS as u64) as usize
+}

@@ -48,7 +48,7 @@ mod topology;
 mod types;
 
 pub use aegis_id::{NodeId, NodeIdError};
-pub use digest::{Digest, EntryDigest, Precedence};
+pub use digest::{BUCKETED_ABOVE, BUCKETS, Digest, EntryDigest, Precedence};
 pub use error::TopologyError;
 pub use topology::{ApplyReport, Comparison, Limits, Providers, Topology, TopologyConfig};
 pub use types::{Entry, NodeInfo, NodeState, NodeType, ServiceInfo, Stamp};

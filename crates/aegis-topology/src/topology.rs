@@ -8,7 +8,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use aegis_id::NodeId;
 
 use crate::TopologyError;
-use crate::digest::{Digest, EntryDigest, Precedence, content_hash, digest_term};
+use crate::digest::{
+    BUCKETS, Digest, EntryDigest, Precedence, bucket_of, content_hash, digest_term,
+};
 use crate::types::{Entry, NodeInfo, NodeState, Stamp};
 
 /// Bounds on what a remote peer may make this topology hold.
@@ -157,7 +159,6 @@ struct Published {
 
 type Members = BTreeMap<NodeId, Arc<NodeInfo>>;
 
-#[derive(Default)]
 struct State {
     entries: BTreeMap<NodeId, Slot>,
     /// service name → version → available nodes offering it.
@@ -165,8 +166,24 @@ struct State {
     /// The snapshots readers get; rebuilt for the names a write touched.
     published: HashMap<String, Published>,
     digest: Digest,
+    /// The same digest, split by [`bucket_of`] the node ID.
+    buckets: Vec<Digest>,
     version: u64,
     live: usize,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        Self {
+            entries: BTreeMap::new(),
+            members: HashMap::new(),
+            published: HashMap::new(),
+            digest: Digest::default(),
+            buckets: vec![Digest::default(); BUCKETS],
+            version: 0,
+            live: 0,
+        }
+    }
 }
 
 impl State {
@@ -175,7 +192,9 @@ impl State {
     fn install(&mut self, slot: Slot, touched: &mut HashSet<String>) {
         let id = slot.info.id.clone();
         if let Some(old) = self.entries.get(&id) {
-            self.digest.remove(old.term());
+            let term = old.term();
+            self.digest.remove(term);
+            self.buckets[bucket_of(&id)].remove(term);
             if old.state != NodeState::Left {
                 self.live -= 1;
             }
@@ -196,7 +215,9 @@ impl State {
                 }
             }
         }
-        self.digest.add(slot.term());
+        let term = slot.term();
+        self.digest.add(term);
+        self.buckets[bucket_of(&id)].add(term);
         if slot.state != NodeState::Left {
             self.live += 1;
         }
@@ -553,7 +574,9 @@ impl Topology {
             .collect();
         for id in &old {
             if let Some(slot) = state.entries.remove(id) {
-                state.digest.remove(slot.term());
+                let term = slot.term();
+                state.digest.remove(term);
+                state.buckets[bucket_of(id)].remove(term);
             }
         }
         old.len()
@@ -652,15 +675,56 @@ impl Topology {
         self.compare(remote).send
     }
 
+    /// The digest of each of the [`BUCKETS`] buckets that entries are
+    /// spread over by node ID. Two topologies that differ in a few entries
+    /// differ in a few buckets, so exchanging bucket digests (6 KB) and then
+    /// the entry digests of the differing buckets costs far less than all
+    /// entry digests of a large mesh.
+    pub fn bucket_digests(&self) -> Vec<Digest> {
+        self.read().buckets.clone()
+    }
+
+    /// The buckets whose digest differs from `remote`'s (all of them if
+    /// `remote` does not have [`BUCKETS`] entries).
+    pub fn differing_buckets(&self, remote: &[Digest]) -> Vec<u16> {
+        let state = self.read();
+        (0..BUCKETS)
+            .filter(|&b| remote.len() != BUCKETS || remote[b] != state.buckets[b])
+            .filter_map(|b| u16::try_from(b).ok())
+            .collect()
+    }
+
+    /// The entry digests of the entries in the given buckets, in ID order.
+    pub fn entry_digests_in(&self, buckets: &[u16]) -> Vec<EntryDigest> {
+        let mask = bucket_mask(buckets);
+        self.read()
+            .entries
+            .values()
+            .filter(|s| mask[bucket_of(&s.info.id)])
+            .map(Slot::digest)
+            .collect()
+    }
+
     /// Both directions at once: what to send to the holder of `remote`, and
     /// which of its entries to ask for.
     pub fn compare(&self, remote: &[EntryDigest]) -> Comparison {
+        self.compare_within(remote, None)
+    }
+
+    /// [`Topology::compare`] when `remote` holds only the entry digests of
+    /// some buckets: entries of other buckets are not sent.
+    pub fn compare_in(&self, remote: &[EntryDigest], buckets: &[u16]) -> Comparison {
+        self.compare_within(remote, Some(&bucket_mask(buckets)))
+    }
+
+    fn compare_within(&self, remote: &[EntryDigest], mask: Option<&[bool; BUCKETS]>) -> Comparison {
         let theirs: HashMap<&NodeId, Precedence> =
             remote.iter().map(|d| (&d.id, d.precedence())).collect();
         let state = self.read();
         let send = state
             .entries
             .values()
+            .filter(|s| mask.is_none_or(|m| m[bucket_of(&s.info.id)]))
             .filter(|s| theirs.get(&s.info.id).is_none_or(|p| *p < s.precedence()))
             .map(Slot::entry)
             .collect();
@@ -678,6 +742,16 @@ impl Topology {
         want.dedup();
         Comparison { send, want }
     }
+}
+
+fn bucket_mask(buckets: &[u16]) -> [bool; BUCKETS] {
+    let mut mask = [false; BUCKETS];
+    for &b in buckets {
+        if let Some(m) = mask.get_mut(usize::from(b)) {
+            *m = true;
+        }
+    }
+    mask
 }
 
 /// Checks one node against the limits.

@@ -169,6 +169,31 @@ proptest! {
         prop_assert_eq!(snapshot(&r[1]), snapshot(&full));
         prop_assert!(r[0].compare(&r[1].entry_digests()).send.is_empty());
     }
+
+    /// Sync through bucket digests reaches the same state as a full merge,
+    /// and exchanges only the entry digests of the buckets that differ.
+    #[test]
+    fn bucketed_sync_equals_full_merge(
+        ops in prop::collection::vec((0usize..2, op()), 0..40),
+    ) {
+        let r: Vec<Topology> = (0..2).map(|_| Topology::new()).collect();
+        for (i, op) in &ops {
+            run(&r[*i], *i, op);
+        }
+        let full = Topology::new();
+        full.apply(r[0].entries()).unwrap();
+        full.apply(r[1].entries()).unwrap();
+
+        let differing = r[0].differing_buckets(&r[1].bucket_digests());
+        let theirs = r[1].entry_digests_in(&differing);
+        prop_assert!(theirs.len() <= r[1].entry_digests().len());
+        let plan = r[0].compare_in(&theirs, &differing);
+        r[1].apply(plan.send).unwrap();
+        r[0].apply(r[1].entries_for(&plan.want)).unwrap();
+        prop_assert_eq!(snapshot(&r[0]), snapshot(&full));
+        prop_assert_eq!(snapshot(&r[1]), snapshot(&full));
+        prop_assert!(r[0].differing_buckets(&r[1].bucket_digests()).is_empty());
+    }
 }
 
 fn text() -> impl Strategy<Value = String> {

@@ -3,7 +3,7 @@
 //! random nodes it knows, by digest, then entry digests, then deltas
 //! (push-pull). Shared by the test (N = 1,000) and the example (N = 10,000).
 
-use aegis_topology::{Digest, NodeInfo, ServiceInfo, Topology, TopologyConfig};
+use aegis_topology::{BUCKETED_ABOVE, Digest, NodeInfo, ServiceInfo, Topology, TopologyConfig};
 
 /// SplitMix64: a tiny seeded generator, enough for picking peers.
 pub struct Rng(u64);
@@ -90,9 +90,21 @@ impl Mesh {
         if ta.digest() == tb.digest() {
             return (bytes + 1, true); // b → a: "same"
         }
-        let theirs = tb.entry_digests(); // b → a: entry digests
-        bytes += theirs.iter().map(|d| d.encoded_len()).sum::<usize>();
-        let plan = ta.compare(&theirs); // a → b: delta + wants
+        let plan = if tb.digest().count > BUCKETED_ABOVE {
+            // b → a: bucket digests; a → b: the buckets that differ; b → a:
+            // their entry digests.
+            let buckets = tb.bucket_digests();
+            bytes += buckets.len() * Digest::ENCODED_LEN;
+            let differing = ta.differing_buckets(&buckets);
+            bytes += differing.len() * 2;
+            let theirs = tb.entry_digests_in(&differing);
+            bytes += theirs.iter().map(|d| d.encoded_len()).sum::<usize>();
+            ta.compare_in(&theirs, &differing)
+        } else {
+            let theirs = tb.entry_digests(); // b → a: entry digests
+            bytes += theirs.iter().map(|d| d.encoded_len()).sum::<usize>();
+            ta.compare(&theirs)
+        }; // a → b: delta + wants
         bytes += plan.send.iter().map(|e| e.encoded_len()).sum::<usize>();
         bytes += plan
             .want
