@@ -155,11 +155,19 @@ impl Stamp {
         }
     }
 
-    /// The next stamp in the same generation.
+    /// The next stamp: the next version in the same generation, or the
+    /// first version of the next generation once versions run out, so that
+    /// `next` is always greater (up to the very last stamp).
     pub const fn next(self) -> Self {
-        Self {
-            generation: self.generation,
-            version: self.version.saturating_add(1),
+        match self.version.checked_add(1) {
+            Some(version) => Self {
+                generation: self.generation,
+                version,
+            },
+            None => Self {
+                generation: self.generation.saturating_add(1),
+                version: 0,
+            },
         }
     }
 }

@@ -308,3 +308,22 @@ fn handle_is_shared_across_threads() {
     });
     assert_eq!(t.get_service_providers("s", "1").len(), 200);
 }
+
+#[test]
+fn the_next_stamp_is_always_greater() {
+    assert_eq!(Stamp::new(1, 1).next(), Stamp::new(1, 2));
+    let last = Stamp::new(4, u64::MAX);
+    assert!(last.next() > last);
+    assert_eq!(last.next(), Stamp::new(5, 0));
+    // So a remote claim with the largest version of a generation is still refuted.
+    let t = Topology::with_config(TopologyConfig {
+        local_id: Some(NodeId::new("me").unwrap()),
+        generation: 4,
+        ..TopologyConfig::default()
+    });
+    t.add_node(node("me", &[])).unwrap();
+    let claim = Entry::new(node("me", &[]), last, NodeState::Left);
+    assert!(t.apply(vec![claim]).unwrap().refuted);
+    assert_eq!(t.state_of("me"), Some(NodeState::Alive));
+    assert!(t.get_entry("me").unwrap().stamp > last);
+}
