@@ -107,6 +107,7 @@ fn get_conn(c: &mut Criterion) {
     });
     assert_eq!(pool.channel_count(), providers);
     let counter = AtomicUsize::new(0);
+    let reference = || reference_get_conn(&nodes, &reference_channels, &counter, "svc-7", "v1");
 
     let ours = rt.block_on(async {
         allocations_per_call(10_000, || {
@@ -115,13 +116,7 @@ fn get_conn(c: &mut Criterion) {
     });
     let theirs = rt.block_on(async {
         allocations_per_call(1_000, || {
-            black_box(reference_get_conn(
-                &nodes,
-                &reference_channels,
-                &counter,
-                "svc-7",
-                "v1",
-            ));
+            black_box(reference());
         })
     });
     println!(
@@ -152,15 +147,7 @@ fn get_conn(c: &mut Criterion) {
     });
     g.bench_function("baseline_reference_scan", |b| {
         let _guard = rt.enter();
-        b.iter(|| {
-            black_box(reference_get_conn(
-                &nodes,
-                &reference_channels,
-                &counter,
-                "svc-7",
-                "v1",
-            ))
-        });
+        b.iter(|| black_box(reference()));
     });
     g.finish();
 }

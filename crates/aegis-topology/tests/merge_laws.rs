@@ -82,6 +82,19 @@ fn scanned_providers(t: &Topology) -> Vec<Vec<String>> {
         .collect()
 }
 
+/// Two replicas after `ops`, and the merge of both (what any sync between
+/// them must reach).
+fn two_replicas(ops: &[(usize, Op)]) -> (Vec<Topology>, Topology) {
+    let r: Vec<Topology> = (0..2).map(|_| Topology::new()).collect();
+    for (i, op) in ops {
+        run(&r[*i], *i, op);
+    }
+    let full = Topology::new();
+    full.apply(r[0].entries()).unwrap();
+    full.apply(r[1].entries()).unwrap();
+    (r, full)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(128))]
 
@@ -154,13 +167,7 @@ proptest! {
     fn delta_sync_equals_full_merge(
         ops in prop::collection::vec((0usize..2, op()), 0..40),
     ) {
-        let r: Vec<Topology> = (0..2).map(|_| Topology::new()).collect();
-        for (i, op) in &ops {
-            run(&r[*i], *i, op);
-        }
-        let full = Topology::new();
-        full.apply(r[0].entries()).unwrap();
-        full.apply(r[1].entries()).unwrap();
+        let (r, full) = two_replicas(&ops);
 
         let plan = r[0].compare(&r[1].entry_digests());
         r[1].apply(plan.send).unwrap();
@@ -176,13 +183,7 @@ proptest! {
     fn bucketed_sync_equals_full_merge(
         ops in prop::collection::vec((0usize..2, op()), 0..40),
     ) {
-        let r: Vec<Topology> = (0..2).map(|_| Topology::new()).collect();
-        for (i, op) in &ops {
-            run(&r[*i], *i, op);
-        }
-        let full = Topology::new();
-        full.apply(r[0].entries()).unwrap();
-        full.apply(r[1].entries()).unwrap();
+        let (r, full) = two_replicas(&ops);
 
         let differing = r[0].differing_buckets(&r[1].bucket_digests());
         let theirs = r[1].entry_digests_in(&differing);
