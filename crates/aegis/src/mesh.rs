@@ -26,6 +26,10 @@ pub struct MeshConfig {
     pub fanout: usize,
     /// Deadline of each liveness ping.
     pub probe_timeout: Duration,
+    /// Peers pinged per round: all of them up to this many, else a random
+    /// choice of this many (so a large mesh is not pinged all-to-all; the
+    /// first of many observers to miss a dead node enough times marks it).
+    pub max_probes: usize,
     /// Deadline of each sync.
     pub sync_timeout: Duration,
     /// Missed rounds in a row before a peer is marked suspect.
@@ -44,6 +48,7 @@ impl Default for MeshConfig {
             jitter: 0.2,
             fanout: 3,
             probe_timeout: Duration::from_millis(250),
+            max_probes: 32,
             sync_timeout: Duration::from_secs(2),
             suspect_after: 2,
             dead_after: 4,
@@ -97,8 +102,9 @@ pub(crate) async fn run(
     let mut misses: HashMap<NodeId, u32> = HashMap::new();
     loop {
         let jitter = config.jitter.clamp(0.0, 1.0);
-        let factor = 1.0 + jitter * (2.0 * rng.unit() - 1.0);
-        let wait = config.interval.mul_f64(factor.max(0.05));
+        let factor = (1.0 + jitter * (2.0 * rng.unit() - 1.0)).max(0.05);
+        let wait = Duration::try_from_secs_f64(config.interval.as_secs_f64() * factor)
+            .unwrap_or(config.interval);
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
             () = tokio::time::sleep(wait) => {}
@@ -118,9 +124,13 @@ async fn round(
 ) {
     learn_peers(node);
     let peers = node.peers.get_all_peers();
+    let mut probed = peers.clone();
+    while probed.len() > config.max_probes.max(1) {
+        probed.swap_remove(rng.below(probed.len()));
+    }
 
-    // Liveness: ping every peer at once.
-    let pings = peers.iter().map(|p| {
+    // Liveness: ping the chosen peers at once.
+    let pings = probed.iter().map(|p| {
         let id = p.id().clone();
         async move {
             let ok = matches!(

@@ -269,3 +269,46 @@ async fn manual_sync_with_the_loop_off() {
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_few_probes_per_round_a_dead_node_is_still_found() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = MeshConfig {
+        interval: Duration::from_millis(100),
+        max_probes: 1,
+        ..MeshConfig::default()
+    };
+    let mut nodes = Vec::new();
+    for i in 0..5 {
+        let node = builder(tmp.path(), &format!("f{i}"))
+            .with_mesh_loop(config)
+            .build()
+            .unwrap();
+        node.start_server().await.unwrap();
+        if i > 0 {
+            let seed: &Node = &nodes[0];
+            node.add_peer(PeerInfo::new("f0", seed.address()).unwrap())
+                .unwrap();
+        }
+        nodes.push(node);
+    }
+    wait_until(Duration::from_secs(10), "convergence", || {
+        nodes.iter().all(|x| x.get_all_peers().len() == 4)
+    })
+    .await;
+    drop(nodes.remove(3));
+    let took = wait_until(
+        Duration::from_secs(15),
+        "dead everywhere with one probe a round",
+        || {
+            nodes
+                .iter()
+                .all(|x| x.topology().state_of("f3") == Some(NodeState::Dead))
+        },
+    )
+    .await;
+    println!("one probe per round: dead everywhere in {took:?}");
+    for x in &nodes {
+        x.shutdown().await.unwrap();
+    }
+}
