@@ -155,7 +155,7 @@ impl ServiceClientPool {
         }
         let tls = inner.tls.as_ref().ok_or(PoolError::NoTlsConfig)?;
         self.sweep_if_changed();
-        let providers = inner.topology.get_service_providers(name, version);
+        let providers = inner.topology.get_preferred_providers(name, version);
         if providers.is_empty() {
             return Err(PoolError::NoProviders {
                 name: name.to_owned(),

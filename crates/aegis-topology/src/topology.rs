@@ -154,7 +154,16 @@ impl Slot {
 #[derive(Clone)]
 struct Published {
     any_version: Providers,
-    by_version: HashMap<String, Providers>,
+    by_version: HashMap<String, Listed>,
+}
+
+/// The providers of one (name, version).
+#[derive(Clone)]
+struct Listed {
+    /// Alive or suspect.
+    available: Providers,
+    /// Alive only, or `available` when none is alive.
+    preferred: Providers,
 }
 
 type Members = BTreeMap<NodeId, Arc<NodeInfo>>;
@@ -243,7 +252,28 @@ impl State {
             .iter()
             .map(|(v, m)| {
                 any.extend(m.iter().map(|(k, n)| (k.clone(), Arc::clone(n))));
-                (v.clone(), Providers::from_members(m.values()))
+                let available = Providers::from_members(m.values());
+                let alive = m
+                    .iter()
+                    .filter(|(id, _)| {
+                        self.entries
+                            .get(*id)
+                            .is_some_and(|s| s.state == NodeState::Alive)
+                    })
+                    .map(|(_, n)| n);
+                let alive = Providers::from_members(alive);
+                let preferred = if alive.is_empty() || alive.len() == available.len() {
+                    available.clone()
+                } else {
+                    alive
+                };
+                (
+                    v.clone(),
+                    Listed {
+                        available,
+                        preferred,
+                    },
+                )
             })
             .collect();
         Some(Published {
@@ -632,7 +662,19 @@ impl Topology {
             .published
             .get(name)
             .and_then(|p| p.by_version.get(version))
-            .unwrap_or(&self.shared.empty)
+            .map_or(&self.shared.empty, |l| &l.available)
+            .clone()
+    }
+
+    /// Like [`Topology::get_service_providers`], but leaving out suspect
+    /// nodes while any alive one remains: what a client should pick from.
+    pub fn get_preferred_providers(&self, name: &str, version: &str) -> Providers {
+        let state = self.read();
+        state
+            .published
+            .get(name)
+            .and_then(|p| p.by_version.get(version))
+            .map_or(&self.shared.empty, |l| &l.preferred)
             .clone()
     }
 

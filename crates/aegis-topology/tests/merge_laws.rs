@@ -69,6 +69,41 @@ fn providers(t: &Topology) -> Vec<Vec<String>> {
         .collect()
 }
 
+fn preferred(t: &Topology) -> Vec<Vec<String>> {
+    (0..3)
+        .map(|s| {
+            t.get_preferred_providers(&format!("s{s}"), "v1")
+                .iter()
+                .map(|n| n.id.to_string())
+                .collect()
+        })
+        .collect()
+}
+
+/// Alive providers, or all available ones when none is alive, by scanning.
+fn scanned_preferred(t: &Topology) -> Vec<Vec<String>> {
+    (0..3)
+        .map(|s| {
+            let name = format!("s{s}");
+            let offering: Vec<_> = t
+                .entries()
+                .into_iter()
+                .filter(|e| e.state.is_available() && e.info.provides(&name, "v1"))
+                .collect();
+            let alive: Vec<String> = offering
+                .iter()
+                .filter(|e| e.state == NodeState::Alive)
+                .map(|e| e.info.id.to_string())
+                .collect();
+            if alive.is_empty() {
+                offering.iter().map(|e| e.info.id.to_string()).collect()
+            } else {
+                alive
+            }
+        })
+        .collect()
+}
+
 /// What the index must say, computed by scanning.
 fn scanned_providers(t: &Topology) -> Vec<Vec<String>> {
     (0..3)
@@ -127,6 +162,7 @@ proptest! {
         }
         for r in &replicas {
             prop_assert_eq!(providers(r), scanned_providers(r));
+            prop_assert_eq!(preferred(r), scanned_preferred(r));
         }
     }
 

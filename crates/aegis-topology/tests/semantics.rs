@@ -112,6 +112,25 @@ fn provider_indexes_follow_every_change() {
     assert_eq!(ids(&t.get_service_providers("identity", "v1")), ["c"]);
     assert_eq!(ids(&t.get_service_providers("auth", "v1")), ["a", "b"]);
 
+    t.mark("a", NodeState::Suspect).unwrap();
+    assert_eq!(
+        ids(&t.get_service_providers("auth", "v1")),
+        ["a", "b"],
+        "suspects are still providers"
+    );
+    assert_eq!(
+        ids(&t.get_preferred_providers("auth", "v1")),
+        ["b"],
+        "but not preferred while b is alive"
+    );
+    assert_eq!(ids(&t.get_preferred_providers("identity", "v1")), ["c"]);
+    t.mark("b", NodeState::Suspect).unwrap();
+    assert_eq!(
+        ids(&t.get_preferred_providers("auth", "v1")),
+        ["a", "b"],
+        "all suspect: all of them"
+    );
+
     t.mark("c", NodeState::Dead).unwrap();
     assert!(
         t.get_service_providers("identity", "v1").is_empty(),
