@@ -72,17 +72,35 @@ impl std::hash::Hasher for Fnv {
 }
 
 type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<Fnv>>;
-type Counters = FastMap<String, FastMap<String, Arc<AtomicUsize>>>;
+
+/// The providers of one (name, version) resolved to their channels, valid
+/// while the topology stays at `version`; and the round-robin position,
+/// which survives re-resolving.
+#[derive(Default)]
+struct Route {
+    version: u64,
+    slots: Vec<Arc<Provider>>,
+    counter: AtomicUsize,
+}
+
+type Routes = FastMap<String, FastMap<String, Route>>;
+
+fn no_providers(name: &str, version: &str) -> PoolError {
+    PoolError::NoProviders {
+        name: name.to_owned(),
+        version: version.to_owned(),
+    }
+}
 
 struct Inner {
     topology: Topology,
     tls: Option<TlsConfig>,
     config: PoolConfig,
-    /// Round-robin position per (name, version).
-    counters: RwLock<Counters>,
-    /// One channel per provider, keyed by node ID (the address is checked
-    /// on use: a provider that moved gets a new channel).
-    channels: RwLock<FastMap<NodeId, Provider>>,
+    /// Resolved providers and round-robin position per (name, version).
+    routes: RwLock<Routes>,
+    /// One channel per provider, keyed by node ID (a provider that moved
+    /// gets a new channel), shared by the routes of all its services.
+    channels: RwLock<FastMap<NodeId, Arc<Provider>>>,
     /// The topology version the channels were last checked against.
     swept: AtomicU64,
     closed: AtomicBool,
@@ -128,7 +146,7 @@ impl ServiceClientPool {
                 topology,
                 tls,
                 config,
-                counters: RwLock::new(FastMap::default()),
+                routes: RwLock::new(FastMap::default()),
                 channels: RwLock::new(FastMap::default()),
                 closed: AtomicBool::new(false),
                 epoch: Instant::now(),
@@ -154,70 +172,83 @@ impl ServiceClientPool {
             return Err(PoolError::Closed);
         }
         let tls = inner.tls.as_ref().ok_or(PoolError::NoTlsConfig)?;
-        self.sweep_if_changed();
-        let providers = inner.topology.get_preferred_providers(name, version);
-        if providers.is_empty() {
-            return Err(PoolError::NoProviders {
-                name: name.to_owned(),
-                version: version.to_owned(),
-            });
+        let current = inner.topology.version();
+        {
+            let routes = read(&inner.routes);
+            if let Some(route) = routes.get(name).and_then(|v| v.get(version))
+                && route.version == current
+            {
+                return self.pick_from(route, name, version);
+            }
         }
-        let start = self.next_index(name, version);
+        // The topology changed since this route was resolved (or it is new).
+        self.resolve(tls, name, version, current)?;
+        let routes = read(&inner.routes);
+        match routes.get(name).and_then(|v| v.get(version)) {
+            Some(route) => self.pick_from(route, name, version),
+            None => Err(no_providers(name, version)),
+        }
+    }
+
+    /// The first provider from the round-robin position on that is not set
+    /// aside; if all are, the one at the position (try anyway rather than
+    /// fail untried).
+    fn pick_from(&self, route: &Route, name: &str, version: &str) -> Result<Channel, PoolError> {
+        let n = route.slots.len();
+        if n == 0 {
+            return Err(no_providers(name, version));
+        }
+        let start = route.counter.fetch_add(1, Ordering::Relaxed);
         // Read the clock only if some provider is set aside.
         let mut now = None;
-        let n = providers.len();
-        {
-            let channels = read(&inner.channels);
-            // The first provider from `start` on that is not set aside.
-            let mut first_known = None;
-            for k in 0..n {
-                let node = &providers[(start + k) % n];
-                match channels.get(&node.id) {
-                    Some(p) if p.address == node.address => {
-                        let until = p.outlier.until_ms.load(Ordering::Relaxed);
-                        if until == 0 || until <= *now.get_or_insert_with(|| self.now_ms()) {
-                            return Ok(p.channel.clone());
-                        }
-                        first_known.get_or_insert(p);
-                    }
-                    // No channel yet (or it moved): a fresh provider is not
-                    // set aside; make its channel below.
-                    _ => {
-                        drop(channels);
-                        return self.open(tls, node);
-                    }
-                }
-            }
-            // Everything is set aside: try anyway rather than fail untried.
-            if let Some(p) = first_known {
+        for k in 0..n {
+            let p = &route.slots[(start + k) % n];
+            let until = p.outlier.until_ms.load(Ordering::Relaxed);
+            if until == 0 || until <= *now.get_or_insert_with(|| self.now_ms()) {
                 return Ok(p.channel.clone());
             }
         }
-        self.open(tls, &providers[start % n])
+        Ok(route.slots[start % n].channel.clone())
     }
 
-    fn next_index(&self, name: &str, version: &str) -> usize {
-        if let Some(c) = read(&self.inner.counters)
-            .get(name)
-            .and_then(|v| v.get(version))
-        {
-            return c.fetch_add(1, Ordering::Relaxed);
-        }
-        let mut counters = write(&self.inner.counters);
-        counters
+    /// Resolves the preferred providers of (name, version) to their
+    /// channels, as of topology version `current`.
+    fn resolve(
+        &self,
+        tls: &TlsConfig,
+        name: &str,
+        version: &str,
+        current: u64,
+    ) -> Result<(), PoolError> {
+        self.sweep_if_changed();
+        let providers = self.inner.topology.get_preferred_providers(name, version);
+        let slots = providers
+            .iter()
+            .map(|node| self.provider(tls, node))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut routes = write(&self.inner.routes);
+        let route = routes
             .entry(name.to_owned())
             .or_default()
             .entry(version.to_owned())
-            .or_default()
-            .fetch_add(1, Ordering::Relaxed)
+            .or_default();
+        route.version = current;
+        route.slots = slots;
+        Ok(())
     }
 
-    /// Makes (or replaces, when the provider moved) the channel of `node`.
-    fn open(&self, tls: &TlsConfig, node: &NodeInfo) -> Result<Channel, PoolError> {
+    /// The provider entry of `node`: its channel, made (or replaced, when the
+    /// provider moved) if needed.
+    fn provider(&self, tls: &TlsConfig, node: &NodeInfo) -> Result<Arc<Provider>, PoolError> {
+        if let Some(p) = read(&self.inner.channels).get(&node.id)
+            && p.address == node.address
+        {
+            return Ok(Arc::clone(p));
+        }
         let mut channels = write(&self.inner.channels);
         if let Some(p) = channels.get(&node.id) {
             if p.address == node.address {
-                return Ok(p.channel.clone());
+                return Ok(Arc::clone(p));
             }
             tracing::info!(node_id = %node.id, from = %p.address, to = %node.address, "provider moved; new channel");
         }
@@ -238,15 +269,13 @@ impl ServiceClientPool {
             address: node.address.clone(),
             reason: e.to_string(),
         })?;
-        channels.insert(
-            node.id.clone(),
-            Provider {
-                address: node.address.clone(),
-                channel: channel.clone(),
-                outlier,
-            },
-        );
-        Ok(channel)
+        let provider = Arc::new(Provider {
+            address: node.address.clone(),
+            channel,
+            outlier,
+        });
+        channels.insert(node.id.clone(), Arc::clone(&provider));
+        Ok(provider)
     }
 
     /// Sets the provider aside when a connection attempt fails; clears that
@@ -293,6 +322,14 @@ impl ServiceClientPool {
     /// changes; a channel closes once no client made from it is left.
     pub fn sweep(&self) {
         let topology = &self.inner.topology;
+        // Routes re-resolve on next use; their positions stay.
+        for route in write(&self.inner.routes)
+            .values_mut()
+            .flat_map(|v| v.values_mut())
+        {
+            route.version = u64::MAX;
+            route.slots.clear();
+        }
         let mut channels = write(&self.inner.channels);
         channels.retain(|id, p| {
             let keep = topology
@@ -324,6 +361,7 @@ impl ServiceClientPool {
     /// Drops every channel; later calls get [`PoolError::Closed`].
     pub async fn close(&self) {
         self.inner.closed.store(true, Ordering::Release);
+        write(&self.inner.routes).clear();
         write(&self.inner.channels).clear();
         tracing::debug!("pool closed");
     }
