@@ -78,6 +78,7 @@ pub(crate) fn entry_to_wire(e: &Entry) -> pb::TopologyNode {
         generation: e.stamp.generation,
         stamp_version: e.stamp.version,
         state: state_to_wire(e.state) as i32,
+        health: i.health.as_str().to_owned(),
     }
 }
 
@@ -108,6 +109,7 @@ pub(crate) fn entry_from_wire(n: pb::TopologyNode) -> Result<Entry, TopologyErro
             .collect(),
         joined_at: n.joined_at,
         updated_at: n.updated_at,
+        health: HealthStatus::from_wire(&n.health),
     };
     Ok(Entry::new(info, stamp, state))
 }
@@ -160,6 +162,10 @@ mod tests {
             .unwrap()
             .with_type("edge")
             .with_services([ServiceInfo::new("identity", "v1")]);
+        let info = NodeInfo {
+            health: HealthStatus::Unhealthy,
+            ..info
+        };
         let e = Entry::new(info, Stamp::new(7, 3), NodeState::Suspect);
         assert_eq!(entry_from_wire(entry_to_wire(&e)).unwrap(), e);
     }
@@ -175,6 +181,7 @@ mod tests {
         assert_eq!(e.stamp, Stamp::new(0, 1_700_000_000));
         assert_eq!(e.state, NodeState::Alive);
         assert_eq!(e.info.node_type, NodeType::GENERIC);
+        assert_eq!(e.info.health, HealthStatus::Unknown);
     }
 
     #[test]

@@ -122,6 +122,7 @@ pub(crate) fn content_hash(info: &NodeInfo) -> u64 {
         .bytes(info.address.as_bytes())
         .u64(info.joined_at as u64)
         .u64(info.updated_at as u64)
+        .bytes(info.health.as_str().as_bytes())
         .u64(info.services.len() as u64);
     for s in &info.services {
         h.bytes(s.name.as_bytes()).bytes(s.version.as_bytes());

@@ -44,11 +44,13 @@
 
 mod digest;
 mod error;
+mod health;
 mod topology;
 mod types;
 
 pub use aegis_id::{NodeId, NodeIdError};
 pub use digest::{BUCKETED_ABOVE, BUCKETS, Digest, EntryDigest, Precedence};
 pub use error::TopologyError;
+pub use health::{HealthStatus, ParseHealthStatusError};
 pub use topology::{ApplyReport, Comparison, Limits, Providers, Topology, TopologyConfig};
 pub use types::{Entry, NodeInfo, NodeState, NodeType, ServiceInfo, Stamp};

@@ -7,11 +7,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use aegis_id::NodeId;
 
-use crate::TopologyError;
 use crate::digest::{
     BUCKETS, Digest, EntryDigest, Precedence, bucket_of, content_hash, digest_term,
 };
 use crate::types::{Entry, NodeInfo, NodeState, Stamp};
+use crate::{HealthStatus, TopologyError};
 
 /// Bounds on what a remote peer may make this topology hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,7 +162,7 @@ struct Published {
 struct Listed {
     /// Alive or suspect.
     available: Providers,
-    /// Alive only, or `available` when none is alive.
+    /// Alive and not reporting unhealthy, or `available` when there are none.
     preferred: Providers,
 }
 
@@ -255,10 +255,12 @@ impl State {
                 let available = Providers::from_members(m.values());
                 let alive = m
                     .iter()
-                    .filter(|(id, _)| {
-                        self.entries
-                            .get(*id)
-                            .is_some_and(|s| s.state == NodeState::Alive)
+                    .filter(|(id, n)| {
+                        n.health != HealthStatus::Unhealthy
+                            && self
+                                .entries
+                                .get(*id)
+                                .is_some_and(|s| s.state == NodeState::Alive)
                     })
                     .map(|(_, n)| n);
                 let alive = Providers::from_members(alive);
@@ -666,8 +668,9 @@ impl Topology {
             .clone()
     }
 
-    /// Like [`Topology::get_service_providers`], but leaving out suspect
-    /// nodes while any alive one remains: what a client should pick from.
+    /// Like [`Topology::get_service_providers`], but leaving out nodes that
+    /// are suspect or report themselves unhealthy while any other remains:
+    /// what a client should pick from.
     pub fn get_preferred_providers(&self, name: &str, version: &str) -> Providers {
         let state = self.read();
         state

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use aegis_id::NodeId;
 
-use crate::TopologyError;
+use crate::{HealthStatus, TopologyError};
 
 /// What kind of node this is; free text, `generic` by default.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -91,6 +91,9 @@ pub struct NodeInfo {
     pub joined_at: i64,
     /// When its entry last changed, Unix seconds (0: set on insertion).
     pub updated_at: i64,
+    /// Its health as it reports it (unknown for nodes that do not say, such
+    /// as reference nodes). Clients prefer nodes that do not report unhealthy.
+    pub health: HealthStatus,
 }
 
 impl NodeInfo {
@@ -111,6 +114,7 @@ impl NodeInfo {
             services: Vec::new(),
             joined_at: 0,
             updated_at: 0,
+            health: HealthStatus::Unknown,
         })
     }
 

@@ -92,7 +92,10 @@ fn scanned_preferred(t: &Topology) -> Vec<Vec<String>> {
                 .collect();
             let alive: Vec<String> = offering
                 .iter()
-                .filter(|e| e.state == NodeState::Alive)
+                .filter(|e| {
+                    e.state == NodeState::Alive
+                        && e.info.health != aegis_topology::HealthStatus::Unhealthy
+                })
                 .map(|e| e.info.id.to_string())
                 .collect();
             if alive.is_empty() {

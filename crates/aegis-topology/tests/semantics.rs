@@ -131,6 +131,15 @@ fn provider_indexes_follow_every_change() {
         "all suspect: all of them"
     );
 
+    // A node reporting itself unhealthy is not preferred either.
+    let mut sick = node("c", &[("identity", "v1")]);
+    sick.health = aegis_topology::HealthStatus::Unhealthy;
+    t.add_node(node("d", &[("identity", "v1")])).unwrap();
+    t.update_node(sick).unwrap();
+    assert_eq!(ids(&t.get_service_providers("identity", "v1")), ["c", "d"]);
+    assert_eq!(ids(&t.get_preferred_providers("identity", "v1")), ["d"]);
+    t.remove_node("d").unwrap();
+
     t.mark("c", NodeState::Dead).unwrap();
     assert!(
         t.get_service_providers("identity", "v1").is_empty(),

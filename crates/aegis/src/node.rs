@@ -259,6 +259,28 @@ pub(crate) struct NodeInner {
     shut_down: std::sync::atomic::AtomicBool,
 }
 
+impl NodeInner {
+    /// Changes the node's own topology entry (a new stamp: it spreads).
+    fn update_own(&self, change: impl FnOnce(&mut NodeInfo)) -> Result<(), Error> {
+        let me = self.topology.get_node(self.id.as_str());
+        let mut info = me
+            .map(|n| (*n).clone())
+            .ok_or_else(|| Error::ShutDown(self.id.to_string()))?;
+        change(&mut info);
+        info.updated_at = 0;
+        self.topology.update_node(info)?;
+        Ok(())
+    }
+
+    fn publish_health(&self, status: HealthStatus) {
+        let current = self.topology.get_node(self.id.as_str()).map(|n| n.health);
+        if current.is_some_and(|h| h != status) {
+            // Only fails after shutdown, when the entry is a tombstone.
+            let _ = self.update_own(|info| info.health = status);
+        }
+    }
+}
+
 /// One node of the mesh. Cheap to clone; clones are the same node.
 #[derive(Clone)]
 pub struct Node {
@@ -337,9 +359,7 @@ impl Node {
                 seed,
             ))
         });
-        self.inner
-            .health
-            .set(HealthStatus::Healthy, "serving", None);
+        self.set_health(HealthStatus::Healthy, "serving", None);
         tracing::info!(node_id = %self.inner.id, address = %bound, "node started");
         *running = Some(Running {
             server: Some(handle),
@@ -350,14 +370,7 @@ impl Node {
     }
 
     fn update_own_entry(&self, address: String) -> Result<(), Error> {
-        let me = self.inner.topology.get_node(self.inner.id.as_str());
-        let mut info = me
-            .map(|n| (*n).clone())
-            .ok_or_else(|| Error::ShutDown(self.inner.id.to_string()))?;
-        info.address = address;
-        info.updated_at = 0;
-        self.inner.topology.update_node(info)?;
-        Ok(())
+        self.inner.update_own(|info| info.address = address)
     }
 
     /// Announces that the node leaves (a tombstone, pushed to its peers so
@@ -493,7 +506,9 @@ impl Node {
         Ok(())
     }
 
-    /// Sets the node's health (served by `GetHealth` and `grpc.health.v1`).
+    /// Sets the node's health (served by `GetHealth` and `grpc.health.v1`),
+    /// and, when the status changes, puts it in the node's own topology
+    /// entry, so that other nodes' pools prefer healthy providers.
     pub fn set_health(
         &self,
         status: HealthStatus,
@@ -501,6 +516,7 @@ impl Node {
         error: Option<String>,
     ) {
         self.inner.health.set(status, message, error);
+        self.inner.publish_health(status);
     }
 
     /// Runs a checker and records the outcome either way.
@@ -508,14 +524,12 @@ impl Node {
     /// # Errors
     /// [`Error::HealthCheck`] with what the checker said.
     pub async fn check_health(&self, checker: &dyn HealthChecker) -> Result<(), Error> {
-        self.inner
-            .health
-            .check(checker)
-            .await
-            .map_err(|e| Error::HealthCheck {
-                checker: checker.name().to_owned(),
-                reason: e.to_string(),
-            })
+        let result = self.inner.health.check(checker).await;
+        self.inner.publish_health(self.inner.health.get().status);
+        result.map_err(|e| Error::HealthCheck {
+            checker: checker.name().to_owned(),
+            reason: e.to_string(),
+        })
     }
 
     /// Whether the node's status is healthy.

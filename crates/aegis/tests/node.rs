@@ -312,3 +312,58 @@ async fn with_few_probes_per_round_a_dead_node_is_still_found() {
         x.shutdown().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unhealthy_provider_is_not_preferred_elsewhere() {
+    let tmp = tempfile::tempdir().unwrap();
+    let svc = || [ServiceInfo::new("svc", "v1")];
+    let a = builder(tmp.path(), "pa")
+        .with_services(svc())
+        .build()
+        .unwrap();
+    let b = builder(tmp.path(), "pb")
+        .with_services(svc())
+        .build()
+        .unwrap();
+    let c = builder(tmp.path(), "consumer").build().unwrap();
+    for n in [&a, &b, &c] {
+        n.start_server().await.unwrap();
+    }
+    b.add_peer(PeerInfo::new("pa", a.address()).unwrap())
+        .unwrap();
+    c.add_peer(PeerInfo::new("pa", a.address()).unwrap())
+        .unwrap();
+    let preferred = |n: &Node| -> Vec<String> {
+        n.topology()
+            .get_preferred_providers("svc", "v1")
+            .iter()
+            .map(|p| p.id.to_string())
+            .collect()
+    };
+    wait_until(Duration::from_secs(5), "both providers preferred", || {
+        preferred(&c) == ["pa", "pb"]
+    })
+    .await;
+    a.set_health(aegis::HealthStatus::Unhealthy, "draining", None);
+    assert_eq!(
+        a.topology().get_node("pa").unwrap().health,
+        aegis::HealthStatus::Unhealthy
+    );
+    let took = wait_until(
+        Duration::from_secs(3),
+        "unhealthy provider not preferred",
+        || preferred(&c) == ["pb"],
+    )
+    .await;
+    println!("an unhealthy report reached the consumer in {took:?}");
+    // It is still a provider, for when nothing better is left.
+    assert_eq!(c.topology().get_service_providers("svc", "v1").len(), 2);
+    a.set_health(aegis::HealthStatus::Healthy, "back", None);
+    wait_until(Duration::from_secs(3), "healthy again", || {
+        preferred(&c) == ["pa", "pb"]
+    })
+    .await;
+    for n in [&a, &b, &c] {
+        n.shutdown().await.unwrap();
+    }
+}
