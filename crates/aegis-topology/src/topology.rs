@@ -659,25 +659,25 @@ impl Topology {
     /// Nodes offering `name` at exactly `version`, alive or suspect, in ID
     /// order. Answered from an index: no scan, no allocation.
     pub fn get_service_providers(&self, name: &str, version: &str) -> Providers {
-        let state = self.read();
-        state
-            .published
-            .get(name)
-            .and_then(|p| p.by_version.get(version))
-            .map_or(&self.shared.empty, |l| &l.available)
-            .clone()
+        self.listed(name, version, |l| &l.available)
     }
 
     /// Like [`Topology::get_service_providers`], but leaving out nodes that
     /// are suspect or report themselves unhealthy while any other remains:
     /// what a client should pick from.
     pub fn get_preferred_providers(&self, name: &str, version: &str) -> Providers {
+        self.listed(name, version, |l| &l.preferred)
+    }
+
+    /// One of the published lists of (name, version): an index probe and an
+    /// `Arc` clone.
+    fn listed(&self, name: &str, version: &str, list: fn(&Listed) -> &Providers) -> Providers {
         let state = self.read();
         state
             .published
             .get(name)
             .and_then(|p| p.by_version.get(version))
-            .map_or(&self.shared.empty, |l| &l.preferred)
+            .map_or(&self.shared.empty, list)
             .clone()
     }
 

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aegis_peer::{
@@ -194,7 +194,7 @@ impl NodeBuilder {
             ..TopologyConfig::default()
         });
         topology.add_node(
-            NodeInfo::new(id.as_str(), name.clone(), address.clone())?
+            NodeInfo::new(id.as_str(), name.clone(), address)?
                 .with_type(self.node_type.clone())
                 .with_services(self.services.clone()),
         )?;
@@ -205,7 +205,6 @@ impl NodeBuilder {
                 id,
                 name,
                 node_type: self.node_type,
-                address: Mutex::new(address),
                 services: self.services,
                 tls,
                 topology,
@@ -243,7 +242,6 @@ pub(crate) struct NodeInner {
     pub(crate) id: NodeId,
     name: String,
     node_type: NodeType,
-    address: Mutex<String>,
     services: Vec<ServiceInfo>,
     tls: TlsConfig,
     pub(crate) topology: Topology,
@@ -342,12 +340,7 @@ impl Node {
         let bound = handle.local_addr();
         if let Some((host, "0")) = configured.rsplit_once(':') {
             let advertised = format!("{host}:{}", bound.port());
-            *self
-                .inner
-                .address
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner) = advertised.clone();
-            self.update_own_entry(advertised)?;
+            self.inner.update_own(|info| info.address = advertised)?;
         }
         let (stop, stop_rx) = watch::channel(false);
         let mesh = self.inner.mesh.enabled.then(|| {
@@ -367,10 +360,6 @@ impl Node {
             mesh,
         });
         Ok(bound)
-    }
-
-    fn update_own_entry(&self, address: String) -> Result<(), Error> {
-        self.inner.update_own(|info| info.address = address)
     }
 
     /// Announces that the node leaves (a tombstone, pushed to its peers so
@@ -554,11 +543,13 @@ impl Node {
 
     /// The address the node advertises (the bound one once started on port 0).
     pub fn address(&self) -> String {
+        // The node's own entry is the one record of it (a tombstone after
+        // shutdown keeps the content).
         self.inner
-            .address
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+            .topology
+            .get_entry(self.inner.id.as_str())
+            .map(|e| e.info.address.clone())
+            .unwrap_or_default()
     }
 
     /// The services the node offers.
