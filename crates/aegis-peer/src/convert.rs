@@ -1,7 +1,8 @@
 //! Between the wire messages and the topology's types.
 
+use aegis_mesh::{SyncRequest, SyncResponse};
 use aegis_topology::{
-    Digest, Entry, EntryDigest, NodeId, NodeInfo, NodeState, NodeType, ServiceInfo, Stamp,
+    BUCKETS, Digest, Entry, EntryDigest, NodeId, NodeInfo, NodeState, NodeType, ServiceInfo, Stamp,
     TopologyError,
 };
 
@@ -16,6 +17,14 @@ pub(crate) fn unix_secs(t: std::time::SystemTime) -> i64 {
 
 pub(crate) fn now_unix() -> i64 {
     unix_secs(std::time::SystemTime::now())
+}
+
+/// The time the protocol core takes as input: Unix milliseconds.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
 }
 
 pub(crate) fn health_to_wire(node_id: &str, h: &HealthInfo) -> pb::HealthResponse {
@@ -75,22 +84,21 @@ pub(crate) fn entry_to_wire(e: &Entry) -> pb::TopologyNode {
                 version: s.version.clone(),
             })
             .collect(),
-        generation: e.stamp.generation,
-        stamp_version: e.stamp.version,
+        generation: Some(e.stamp.generation),
+        stamp_version: Some(e.stamp.version),
         state: state_to_wire(e.state) as i32,
         health: i.health.as_str().to_owned(),
     }
 }
 
 /// A wire node as an entry. A node of the reference implementation sends no
-/// stamp (`stamp_version` 0): its entry is stamped `(0, updated_at)`, so a
-/// later update of it wins, and any entry stamped by this project (whose
-/// generations start at 1) wins over it.
+/// stamp (the field is absent, not 0): its entry is stamped
+/// `(0, updated_at)`, so a later update of it wins, and any entry stamped
+/// by a node of this project (whose generations are start times) wins over it.
 pub(crate) fn entry_from_wire(n: pb::TopologyNode) -> Result<Entry, TopologyError> {
-    let stamp = if n.stamp_version == 0 {
-        Stamp::new(0, u64::try_from(n.updated_at).unwrap_or(0))
-    } else {
-        Stamp::new(n.generation, n.stamp_version)
+    let stamp = match n.stamp_version {
+        None => Stamp::new(0, u64::try_from(n.updated_at).unwrap_or(0)),
+        Some(version) => Stamp::new(n.generation.unwrap_or(0), version),
     };
     let state = state_from_wire(n.state);
     let info = NodeInfo {
@@ -149,6 +157,161 @@ pub(crate) fn entry_digest_from_wire(d: &pb::EntryDigest) -> Result<EntryDigest,
         stamp: Stamp::new(d.generation, d.version),
         state: state_from_wire(d.state),
         content: d.content,
+    })
+}
+
+/// A wire field that breaks a rule, named as in `mesh.proto`.
+#[derive(Debug)]
+pub(crate) struct WireError {
+    pub(crate) field: &'static str,
+    pub(crate) reason: String,
+    /// The topology rule broken, when it is one.
+    pub(crate) source: Option<TopologyError>,
+}
+
+impl std::fmt::Display for WireError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.reason)
+    }
+}
+
+fn wire_err(field: &'static str) -> impl Fn(TopologyError) -> WireError {
+    move |e| WireError {
+        field,
+        reason: e.to_string(),
+        source: Some(e),
+    }
+}
+
+fn ids_from_wire(field: &'static str, ids: &[String]) -> Result<Vec<NodeId>, WireError> {
+    ids.iter()
+        .map(|id| NodeId::new(id).map_err(|e| wire_err(field)(e.into())))
+        .collect()
+}
+
+fn digests_from_wire(field: &'static str, ds: &[pb::SyncDigest]) -> Result<Vec<Digest>, WireError> {
+    ds.iter()
+        .map(|d| {
+            digest_from_wire(d).ok_or_else(|| WireError {
+                field,
+                reason: "a digest sum is not 16 bytes".to_owned(),
+                source: None,
+            })
+        })
+        .collect()
+}
+
+/// The core's request as sent by `sender`.
+pub(crate) fn request_to_wire(
+    r: &SyncRequest,
+    sender: &NodeId,
+    version: i64,
+) -> pb::TopologySyncRequest {
+    let mut w = pb::TopologySyncRequest {
+        sender_id: sender.to_string(),
+        version,
+        ..Default::default()
+    };
+    match r {
+        SyncRequest::Digest(d) => w.digest = Some(digest_to_wire(*d)),
+        SyncRequest::Buckets(b) => w.buckets = b.iter().map(|&b| u32::from(b)).collect(),
+        SyncRequest::Delta { push, want } => {
+            w.delta = true;
+            w.push = push.iter().map(entry_to_wire).collect();
+            w.want = want.iter().map(ToString::to_string).collect();
+        }
+        SyncRequest::Full => {}
+    }
+    w
+}
+
+/// A wire request as the core's, checked whole: any bad field refuses it
+/// before anything is applied.
+pub(crate) fn request_from_wire(w: pb::TopologySyncRequest) -> Result<SyncRequest, WireError> {
+    if w.delta {
+        let want = ids_from_wire("want", &w.want)?;
+        let push = entries_from_wire(w.push).map_err(wire_err("push"))?;
+        return Ok(SyncRequest::Delta { push, want });
+    }
+    if let Some(d) = &w.digest {
+        let d = digest_from_wire(d).ok_or_else(|| WireError {
+            field: "digest",
+            reason: "sum is not 16 bytes".to_owned(),
+            source: None,
+        })?;
+        return Ok(SyncRequest::Digest(d));
+    }
+    if !w.buckets.is_empty() {
+        let buckets = w
+            .buckets
+            .iter()
+            .map(|&b| u16::try_from(b).ok().filter(|&b| usize::from(b) < BUCKETS))
+            .collect::<Option<Vec<u16>>>()
+            .ok_or_else(|| WireError {
+                field: "buckets",
+                reason: format!("a bucket number is not below {BUCKETS}"),
+                source: None,
+            })?;
+        return Ok(SyncRequest::Buckets(buckets));
+    }
+    Ok(SyncRequest::Full)
+}
+
+/// The core's answer on the wire.
+pub(crate) fn response_to_wire(r: &SyncResponse, version: i64) -> pb::TopologySyncResponse {
+    let mut w = pb::TopologySyncResponse {
+        version,
+        updated_at: now_unix(),
+        extended: true,
+        ..Default::default()
+    };
+    match r {
+        SyncResponse::InSync => w.in_sync = true,
+        SyncResponse::EntryDigests(d) => w.digests = d.iter().map(entry_digest_to_wire).collect(),
+        SyncResponse::BucketDigests(b) => {
+            w.buckets = b.iter().map(|&d| digest_to_wire(d)).collect();
+        }
+        SyncResponse::Entries { entries, more } => {
+            w.nodes = entries.iter().map(entry_to_wire).collect();
+            w.more = *more;
+        }
+        SyncResponse::Full(entries) => {
+            w.extended = false;
+            w.nodes = entries.iter().map(entry_to_wire).collect();
+        }
+    }
+    w
+}
+
+/// A wire answer as the core's. Which kind it is follows from the fields
+/// set; the session checks that it fits the request.
+pub(crate) fn response_from_wire(w: pb::TopologySyncResponse) -> Result<SyncResponse, WireError> {
+    if !w.extended {
+        // A reference node ignored our extension fields and sent everything.
+        let entries = entries_from_wire(w.nodes).map_err(wire_err("nodes"))?;
+        return Ok(SyncResponse::Full(entries));
+    }
+    if w.in_sync {
+        return Ok(SyncResponse::InSync);
+    }
+    if !w.buckets.is_empty() {
+        return Ok(SyncResponse::BucketDigests(digests_from_wire(
+            "buckets", &w.buckets,
+        )?));
+    }
+    if !w.digests.is_empty() {
+        let digests = w
+            .digests
+            .iter()
+            .map(entry_digest_from_wire)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(wire_err("digests"))?;
+        return Ok(SyncResponse::EntryDigests(digests));
+    }
+    let entries = entries_from_wire(w.nodes).map_err(wire_err("nodes"))?;
+    Ok(SyncResponse::Entries {
+        entries,
+        more: w.more,
     })
 }
 

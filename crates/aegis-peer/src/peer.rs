@@ -12,15 +12,13 @@ use prost::Message;
 use tonic::transport::Channel;
 
 use crate::PeerError;
-use crate::convert::{
-    digest_from_wire, digest_to_wire, entries_from_wire, entry_digest_from_wire, entry_to_wire,
-    health_from_wire, now_unix,
-};
+use crate::convert::{health_from_wire, now_ms, now_unix, request_to_wire, response_from_wire};
 use crate::health::HealthInfo;
 use crate::proto::mesh as pb;
 use crate::proto::mesh::mesh_service_client::MeshServiceClient;
 use crate::transport::{ChannelOptions, check_address, mtls_channel};
 use crate::util::join_all;
+use aegis_mesh::{Step, SyncConfig, SyncRequest, SyncSession};
 
 /// Who a peer is and where it listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,6 +131,9 @@ pub struct PeerConfig {
     pub rpc_timeout: Duration,
     /// Channel settings.
     pub channel: ChannelOptions,
+    /// Bounds of the sync exchange (what one request carries, how many
+    /// requests one sync makes).
+    pub sync: SyncConfig,
 }
 
 impl Default for PeerConfig {
@@ -140,6 +141,7 @@ impl Default for PeerConfig {
         Self {
             rpc_timeout: Duration::from_secs(5),
             channel: ChannelOptions::default(),
+            sync: SyncConfig::default(),
         }
     }
 }
@@ -181,16 +183,7 @@ pub struct NodeInfoResponse {
     pub health: Option<HealthResponse>,
 }
 
-/// How a sync went.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SyncMode {
-    /// The digests matched: nothing was exchanged but them.
-    InSync,
-    /// Entry digests, then only the entries that differed, both ways.
-    Delta,
-    /// The peer answered with its whole topology (a reference node).
-    Full,
-}
+pub use aegis_mesh::SyncMode;
 
 /// What a [`PeerManager::sync_topology`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -207,6 +200,11 @@ pub struct SyncReport {
     pub bytes_sent: usize,
     /// Protobuf bytes of the responses.
     pub bytes_received: usize,
+    /// Requests made.
+    pub requests: usize,
+    /// False when the sync stopped at its request bound with differences
+    /// left for the next one.
+    pub complete: bool,
 }
 
 /// The peers of one node, and the mesh calls on them.
@@ -410,6 +408,18 @@ impl PeerManager {
         });
         let start = Instant::now();
         let resp = self.call(&peer, "Ping", client.ping(req)).await?;
+        // TLS checked the certificate; the answer must name the same node
+        // (IDs compare in their one canonical form).
+        if NodeId::new(&resp.receiver_id).ok().as_ref() != Some(peer.id()) {
+            return Err(PeerError::BadResponse {
+                peer: id.to_owned(),
+                rpc: "Ping",
+                reason: format!(
+                    "answered as {:?}, not as the node dialled",
+                    resp.receiver_id
+                ),
+            });
+        }
         Ok(PingResponse {
             receiver_id: resp.receiver_id,
             timestamp: resp.timestamp,
@@ -460,11 +470,13 @@ impl PeerManager {
         })
     }
 
-    /// Syncs topologies with a peer, both ways. With a peer of this project:
-    /// digests first (done if equal), then entry digests, then only the
-    /// entries that differ. With a reference peer, which answers with its
-    /// whole topology: merge that. Either way a remote entry for this node's
-    /// own ID never replaces the local one (the topology refutes it).
+    /// Syncs topologies with a peer, both ways, by the protocol of
+    /// [`aegis_mesh::SyncSession`]: digests first (done if equal), then
+    /// entry digests (by bucket for large topologies), then only the
+    /// entries that differ, in pages that fit the message bounds. With a
+    /// reference peer, which answers with its whole topology: merge that.
+    /// Either way a remote entry for this node's own ID never replaces the
+    /// local one (the topology refutes it).
     ///
     /// # Errors
     /// Call errors as [`PeerManager::ping_peer`];
@@ -472,126 +484,103 @@ impl PeerManager {
     /// (nothing of them is applied).
     pub async fn sync_topology(&self, id: &str) -> Result<SyncReport, PeerError> {
         let peer = self.peer(id)?;
-        let mut client = peer.client()?;
-        let bad = |source| PeerError::BadTopology {
-            peer: id.to_owned(),
-            source,
-        };
-        let version = i64::try_from(self.topology.version()).unwrap_or(i64::MAX);
-        let step1 = pb::TopologySyncRequest {
-            sender_id: self.local_id.to_string(),
-            version,
-            digest: Some(digest_to_wire(self.topology.digest())),
-            ..Default::default()
-        };
-        let mut bytes_sent = step1.encoded_len();
-        let resp = self
-            .call(
-                &peer,
-                "SyncTopology",
-                client.sync_topology(self.request(step1)),
-            )
-            .await?;
-        let mut bytes_received = resp.encoded_len();
+        let (session, first) = SyncSession::start(&self.topology, self.config.sync);
+        self.run_session(&peer, session, first).await
+    }
 
-        if !resp.extended {
-            // A reference node ignored our digest and sent everything.
-            let received = resp.nodes.len();
-            let entries = entries_from_wire(resp.nodes).map_err(bad)?;
-            let applied = self.topology.apply(entries).map_err(bad)?;
-            tracing::debug!(peer = %id, received, changed = applied.changed.len(), "full sync");
-            return Ok(SyncReport {
-                mode: SyncMode::Full,
-                sent: 0,
-                received,
-                applied,
-                bytes_sent,
-                bytes_received,
-            });
-        }
-        if resp.in_sync {
-            return Ok(SyncReport {
-                mode: SyncMode::InSync,
-                sent: 0,
-                received: 0,
-                applied: ApplyReport::default(),
-                bytes_sent,
-                bytes_received,
-            });
-        }
-        let digests_of = |digests: &[pb::EntryDigest]| {
-            digests
-                .iter()
-                .map(entry_digest_from_wire)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(bad)
+    /// Pushes this node's tombstone to a peer in one request (no digests
+    /// first): what a leaving node does, so that it costs one round trip.
+    ///
+    /// # Errors
+    /// As [`PeerManager::ping_peer`]; [`PeerError::Closed`] if there is no
+    /// tombstone to push.
+    pub async fn push_leave(&self, id: &str) -> Result<(), PeerError> {
+        let peer = self.peer(id)?;
+        let request = aegis_mesh::leave_request(&self.topology).ok_or(PeerError::Closed)?;
+        let mut client = peer.client()?;
+        let version = i64::try_from(self.topology.version()).unwrap_or(i64::MAX);
+        let wire = request_to_wire(&request, &self.local_id, version);
+        self.call(
+            &peer,
+            "SyncTopology",
+            client.sync_topology(self.request(wire)),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn run_session(
+        &self,
+        peer: &Peer,
+        mut session: SyncSession,
+        first: SyncRequest,
+    ) -> Result<SyncReport, PeerError> {
+        let id = peer.id().as_str();
+        let mut client = peer.client()?;
+        let bad = |e: aegis_mesh::SyncError| match e {
+            aegis_mesh::SyncError::Topology(source) => PeerError::BadTopology {
+                peer: id.to_owned(),
+                source,
+            },
+            other => PeerError::BadResponse {
+                peer: id.to_owned(),
+                rpc: "SyncTopology",
+                reason: other.to_string(),
+            },
         };
-        let plan = if resp.buckets.is_empty() {
-            self.topology.compare(&digests_of(&resp.digests)?)
-        } else {
-            // Step 1b: ask for the entry digests of the buckets that differ.
-            let remote = resp
-                .buckets
-                .iter()
-                .map(digest_from_wire)
-                .collect::<Option<Vec<_>>>()
-                .ok_or_else(|| PeerError::BadResponse {
+        let (mut bytes_sent, mut bytes_received) = (0, 0);
+        let mut request = first;
+        loop {
+            let version = i64::try_from(self.topology.version()).unwrap_or(i64::MAX);
+            let wire = request_to_wire(&request, &self.local_id, version);
+            bytes_sent += wire.encoded_len();
+            let resp = self
+                .call(
+                    peer,
+                    "SyncTopology",
+                    client.sync_topology(self.request(wire)),
+                )
+                .await?;
+            bytes_received += resp.encoded_len();
+            let resp = response_from_wire(resp).map_err(|e| match e.source {
+                Some(source) => PeerError::BadTopology {
+                    peer: id.to_owned(),
+                    source,
+                },
+                None => PeerError::BadResponse {
                     peer: id.to_owned(),
                     rpc: "SyncTopology",
-                    reason: "a bucket digest is not 16 bytes".to_owned(),
-                })?;
-            let differing = self.topology.differing_buckets(&remote);
-            let step = pb::TopologySyncRequest {
-                sender_id: self.local_id.to_string(),
-                version,
-                buckets: differing.iter().map(|&b| u32::from(b)).collect(),
-                ..Default::default()
-            };
-            bytes_sent += step.encoded_len();
-            let resp = if differing.is_empty() {
-                pb::TopologySyncResponse::default()
-            } else {
-                self.call(
-                    &peer,
-                    "SyncTopology",
-                    client.sync_topology(self.request(step)),
-                )
-                .await?
-            };
-            bytes_received += resp.encoded_len();
-            self.topology
-                .compare_in(&digests_of(&resp.digests)?, &differing)
-        };
-        let sent = plan.send.len();
-        let step2 = pb::TopologySyncRequest {
-            sender_id: self.local_id.to_string(),
-            version,
-            delta: true,
-            push: plan.send.iter().map(entry_to_wire).collect(),
-            want: plan.want.iter().map(ToString::to_string).collect(),
-            ..Default::default()
-        };
-        bytes_sent += step2.encoded_len();
-        let resp = self
-            .call(
-                &peer,
-                "SyncTopology",
-                client.sync_topology(self.request(step2)),
-            )
-            .await?;
-        bytes_received += resp.encoded_len();
-        let received = resp.nodes.len();
-        let entries = entries_from_wire(resp.nodes).map_err(bad)?;
-        let applied = self.topology.apply(entries).map_err(bad)?;
-        tracing::debug!(peer = %id, sent, received, changed = applied.changed.len(), "delta sync");
-        Ok(SyncReport {
-            mode: SyncMode::Delta,
-            sent,
-            received,
-            applied,
-            bytes_sent,
-            bytes_received,
-        })
+                    reason: e.to_string(),
+                },
+            })?;
+            match session
+                .on_response(&self.topology, resp, now_ms())
+                .map_err(bad)?
+            {
+                Step::Send(next) => request = next,
+                Step::Done(o) => {
+                    tracing::debug!(
+                        peer = %id,
+                        mode = ?o.mode,
+                        sent = o.sent,
+                        received = o.received,
+                        changed = o.applied.changed.len(),
+                        requests = o.requests,
+                        "sync done"
+                    );
+                    return Ok(SyncReport {
+                        mode: o.mode,
+                        sent: o.sent,
+                        received: o.received,
+                        applied: o.applied,
+                        bytes_sent,
+                        bytes_received,
+                        requests: o.requests,
+                        complete: o.complete,
+                    });
+                }
+            }
+        }
     }
 
     /// Syncs with every peer, concurrently; returns each peer's outcome.

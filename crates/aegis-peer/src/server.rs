@@ -5,8 +5,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use aegis_mesh::{SyncConfig, SyncError, SyncRequest, SyncResponse};
 use aegis_tls::{NodeId, TlsConfig};
-use aegis_topology::{BUCKETED_ABOVE, BUCKETS, NodeId as TopoId, Topology};
+use aegis_topology::Topology;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
@@ -17,9 +18,9 @@ use tonic::{Request, Response, Status};
 use tonic_health::ServingStatus;
 
 use crate::PeerError;
+use crate::caller::caller_from_request;
 use crate::convert::{
-    digest_from_wire, digest_to_wire, entries_from_wire, entry_digest_to_wire, entry_to_wire,
-    health_to_wire, now_unix,
+    entry_to_wire, health_to_wire, now_ms, now_unix, request_from_wire, response_to_wire,
 };
 use crate::health::{Health, HealthStatus};
 use crate::proto::mesh as pb;
@@ -43,6 +44,8 @@ pub struct MeshServerConfig {
     pub max_pending_handshakes: usize,
     /// HTTP/2 keep-alive pings to clients, to drop dead connections.
     pub keep_alive_interval: Option<Duration>,
+    /// Bounds of the sync exchange (answers are paged to fit them).
+    pub sync: SyncConfig,
 }
 
 impl Default for MeshServerConfig {
@@ -53,6 +56,7 @@ impl Default for MeshServerConfig {
             handshake_timeout: Duration::from_secs(5),
             max_pending_handshakes: 256,
             keep_alive_interval: Some(Duration::from_secs(30)),
+            sync: SyncConfig::default(),
         }
     }
 }
@@ -118,6 +122,7 @@ impl MeshServer {
             node_id: self.tls.node_id().clone(),
             topology: self.topology,
             health: self.health.clone(),
+            sync: self.config.sync,
         };
         let limit = self.config.max_message_size;
         let mut routes = RoutesBuilder::default();
@@ -388,26 +393,56 @@ struct MeshHandler {
     node_id: NodeId,
     topology: Topology,
     health: Health,
+    sync: SyncConfig,
 }
 
 fn invalid(what: &str, e: impl std::fmt::Display) -> Status {
     Status::invalid_argument(format!("{what}: {e}"))
 }
 
-impl MeshHandler {
-    /// The nodes a reference peer may see: neither left nor dead (it has no
-    /// notion of either, and would take them for live nodes).
-    fn available_nodes(&self) -> Vec<pb::TopologyNode> {
-        self.topology
-            .entries()
-            .iter()
-            .filter(|e| e.state.is_available())
-            .map(entry_to_wire)
-            .collect()
+fn sync_status(e: &SyncError) -> Status {
+    match e {
+        SyncError::InvalidRequest { .. }
+        | SyncError::StampTooHigh { .. }
+        | SyncError::Unexpected { .. } => Status::invalid_argument(e.to_string()),
+        // A limit of ours (the member bound, say): the request was fine.
+        _ => Status::failed_precondition(e.to_string()),
     }
+}
 
+/// Mesh RPCs come only from members: the caller's certificate must name a
+/// valid node ID, and a request that names its sender must name the caller.
+fn authorize<T>(req: &Request<T>, sender_id: &str) -> Result<NodeId, Status> {
+    let caller = caller_from_request(req)
+        .map_err(|e| Status::unauthenticated(format!("mesh RPCs need a node certificate: {e}")))?;
+    if !sender_id.is_empty() {
+        let claimed = NodeId::new(sender_id).map_err(|e| invalid("sender_id", e))?;
+        if claimed != caller.node_id {
+            return Err(Status::permission_denied(format!(
+                "sender_id {claimed} is not the caller {}",
+                caller.node_id
+            )));
+        }
+    }
+    Ok(caller.node_id.clone())
+}
+
+impl MeshHandler {
     fn version(&self) -> i64 {
         i64::try_from(self.topology.version()).unwrap_or(i64::MAX)
+    }
+
+    /// What a reference peer may see, bounded like every answer.
+    fn full_topology(&self) -> Result<Vec<pb::TopologyNode>, Status> {
+        match aegis_mesh::respond(&self.topology, SyncRequest::Full, &self.sync, now_ms()) {
+            Ok(r) => match r.response {
+                SyncResponse::Full(entries) => Ok(entries.iter().map(entry_to_wire).collect()),
+                _ => Err(Status::internal(
+                    "the core answered a full request otherwise",
+                )),
+            },
+            Err(e) => Err(sync_status(&e)),
+        }
     }
 }
 
@@ -417,7 +452,8 @@ impl MeshService for MeshHandler {
         &self,
         req: Request<pb::PingRequest>,
     ) -> Result<Response<pb::PingResponse>, Status> {
-        tracing::trace!(sender = %req.get_ref().sender_id, "ping");
+        let caller = authorize(&req, &req.get_ref().sender_id)?;
+        tracing::trace!(caller = %caller, "ping");
         Ok(Response::new(pb::PingResponse {
             receiver_id: self.node_id.to_string(),
             timestamp: now_unix(),
@@ -427,8 +463,9 @@ impl MeshService for MeshHandler {
 
     async fn get_health(
         &self,
-        _req: Request<pb::HealthRequest>,
+        req: Request<pb::HealthRequest>,
     ) -> Result<Response<pb::HealthResponse>, Status> {
+        authorize(&req, &req.get_ref().sender_id)?;
         Ok(Response::new(health_to_wire(
             self.node_id.as_str(),
             &self.health.get(),
@@ -437,8 +474,9 @@ impl MeshService for MeshHandler {
 
     async fn get_node_info(
         &self,
-        _req: Request<pb::NodeInfoRequest>,
+        req: Request<pb::NodeInfoRequest>,
     ) -> Result<Response<pb::NodeInfoResponse>, Status> {
+        authorize(&req, &req.get_ref().sender_id)?;
         let me = self.topology.get_node(self.node_id.as_str());
         Ok(Response::new(pb::NodeInfoResponse {
             id: self.node_id.to_string(),
@@ -455,93 +493,39 @@ impl MeshService for MeshHandler {
         &self,
         req: Request<pb::TopologySyncRequest>,
     ) -> Result<Response<pb::TopologySyncResponse>, Status> {
-        let r = req.into_inner();
-        let mut resp = pb::TopologySyncResponse {
-            version: self.version(),
-            updated_at: now_unix(),
-            ..Default::default()
+        let caller = authorize(&req, &req.get_ref().sender_id)?;
+        let request =
+            request_from_wire(req.into_inner()).map_err(|e| invalid(e.field, &e.reason))?;
+        let kind = match &request {
+            SyncRequest::Digest(_) => "digest",
+            SyncRequest::Buckets(_) => "buckets",
+            SyncRequest::Delta { .. } => "delta",
+            SyncRequest::Full => "full (reference request)",
         };
-        if r.delta {
-            // Step 2: take what the requester pushed, send what it wants.
-            let max = self.topology.limits().max_delta_entries;
-            if r.want.len() > max {
-                return Err(invalid(
-                    "want",
-                    format!("{} IDs, over the limit of {max}", r.want.len()),
-                ));
-            }
-            let push = entries_from_wire(r.push).map_err(|e| invalid("push", e))?;
-            let report = self.topology.apply(push).map_err(|e| invalid("push", e))?;
-            let want = r
-                .want
-                .iter()
-                .map(TopoId::new)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| invalid("want", e))?;
-            resp.nodes = self
-                .topology
-                .entries_for(&want)
-                .iter()
-                .map(entry_to_wire)
-                .collect();
-            resp.extended = true;
-            resp.version = self.version();
-            tracing::debug!(sender = %r.sender_id, applied = report.changed.len(), sent = resp.nodes.len(), "delta sync");
-        } else if let Some(d) = r.digest {
-            // Step 1: are we equal?
-            let remote =
-                digest_from_wire(&d).ok_or_else(|| invalid("digest", "sum is not 16 bytes"))?;
-            resp.extended = true;
-            let mine = self.topology.digest();
-            if remote == mine {
-                resp.in_sync = true;
-            } else if mine.count > BUCKETED_ABOVE {
-                resp.buckets = self
-                    .topology
-                    .bucket_digests()
-                    .into_iter()
-                    .map(digest_to_wire)
-                    .collect();
-            } else {
-                resp.digests = self
-                    .topology
-                    .entry_digests()
-                    .iter()
-                    .map(entry_digest_to_wire)
-                    .collect();
-            }
-        } else if !r.buckets.is_empty() {
-            // Step 1b: the entry digests of the buckets that differ.
-            let buckets: Vec<u16> = r
-                .buckets
-                .iter()
-                .map(|&b| u16::try_from(b).ok().filter(|&b| usize::from(b) < BUCKETS))
-                .collect::<Option<_>>()
-                .ok_or_else(|| {
-                    invalid("buckets", format!("a bucket number is not below {BUCKETS}"))
-                })?;
-            resp.extended = true;
-            resp.digests = self
-                .topology
-                .entry_digests_in(&buckets)
-                .iter()
-                .map(entry_digest_to_wire)
-                .collect();
-        } else {
-            // A reference node: the whole topology and the local version.
-            resp.nodes = self.available_nodes();
-            tracing::debug!(sender = %r.sender_id, nodes = resp.nodes.len(), "full sync (reference request)");
-        }
+        let responded = aegis_mesh::respond(&self.topology, request, &self.sync, now_ms())
+            .map_err(|e| {
+                tracing::debug!(caller = %caller, error = %e, "sync request refused");
+                sync_status(&e)
+            })?;
+        let resp = response_to_wire(&responded.response, self.version());
+        tracing::debug!(
+            caller = %caller,
+            kind,
+            applied = responded.applied.changed.len(),
+            nodes = resp.nodes.len(),
+            "sync answered"
+        );
         Ok(Response::new(resp))
     }
 
     async fn get_topology(
         &self,
-        _req: Request<pb::GetTopologyRequest>,
+        req: Request<pb::GetTopologyRequest>,
     ) -> Result<Response<pb::GetTopologyResponse>, Status> {
+        authorize(&req, &req.get_ref().sender_id)?;
         Ok(Response::new(pb::GetTopologyResponse {
             version: self.version(),
-            nodes: self.available_nodes(),
+            nodes: self.full_topology()?,
         }))
     }
 }

@@ -145,6 +145,7 @@ async fn a_silent_peer_times_out_instead_of_hanging() {
                 connect_timeout: Duration::from_secs(10),
                 ..ChannelOptions::default()
             },
+            ..aegis_peer::PeerConfig::default()
         },
     );
     peers

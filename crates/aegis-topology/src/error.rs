@@ -46,6 +46,16 @@ pub enum TopologyError {
         /// The limit.
         max: usize,
     },
+    /// A write would make the topology hold more entries than allowed.
+    #[error(
+        "the topology would hold {count} entries, over the limit of {max} (Limits::max_members)"
+    )]
+    TooManyMembers {
+        /// How many it would hold.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
     /// A delta holds two entries for one node.
     #[error("delta holds node {0} twice")]
     DuplicateEntry(NodeId),

@@ -22,6 +22,24 @@ pub struct Limits {
     pub max_services: usize,
     /// Most entries one delta may carry.
     pub max_delta_entries: usize,
+    /// Most entries the topology holds, tombstones included. A write that
+    /// would hold more is refused whole with
+    /// [`TopologyError::TooManyMembers`], so that no member can make every
+    /// node keep (and probe) an unbounded list.
+    pub max_members: usize,
+}
+
+impl Limits {
+    /// Checks one node against these limits (what [`Topology::add_node`]
+    /// and [`Topology::apply`] check), so that a caller can refuse a node
+    /// before doing anything else with it.
+    ///
+    /// # Errors
+    /// [`TopologyError::FieldTooLong`] or [`TopologyError::TooManyServices`]
+    /// naming the node and the field.
+    pub fn check(&self, info: &NodeInfo) -> Result<(), TopologyError> {
+        validate(info, self)
+    }
 }
 
 impl Default for Limits {
@@ -30,6 +48,7 @@ impl Default for Limits {
             max_field_bytes: 1024,
             max_services: 256,
             max_delta_entries: 65_536,
+            max_members: 16_384,
         }
     }
 }
@@ -103,20 +122,20 @@ struct Slot {
     stamp: Stamp,
     state: NodeState,
     content: u64,
-    /// When this topology learnt that the node left (for purging).
-    left_at: Option<SystemTime>,
+    /// When this topology learnt that the node left or died (for purging).
+    gone_at: Option<SystemTime>,
 }
 
 impl Slot {
     fn new(info: Arc<NodeInfo>, stamp: Stamp, state: NodeState) -> Self {
         let content = content_hash(&info);
-        let left_at = (state == NodeState::Left).then(SystemTime::now);
+        let gone_at = matches!(state, NodeState::Left | NodeState::Dead).then(SystemTime::now);
         Self {
             info,
             stamp,
             state,
             content,
-            left_at,
+            gone_at,
         }
     }
 
@@ -179,6 +198,17 @@ struct State {
     buckets: Vec<Digest>,
     version: u64,
     live: usize,
+    /// Entries purged from `entries` (left or dead long enough), kept so
+    /// that an older copy of them held elsewhere cannot bring the node back,
+    /// and so that such a copy can be answered with the newer one.
+    forgotten: HashMap<NodeId, Forgotten>,
+}
+
+/// A purged entry and when it was purged.
+#[derive(Clone)]
+struct Forgotten {
+    slot: Slot,
+    at: SystemTime,
 }
 
 impl Default for State {
@@ -191,6 +221,7 @@ impl Default for State {
             buckets: vec![Digest::default(); BUCKETS],
             version: 0,
             live: 0,
+            forgotten: HashMap::new(),
         }
     }
 }
@@ -401,6 +432,10 @@ impl Topology {
 
     /// Installs prepared slots and republishes the provider lists they touch.
     /// The caller holds the writer lock.
+    ///
+    /// Order matters: the lists are republished *before* the new version is
+    /// made visible, so a reader that sees a version sees lists at least as
+    /// new as it (a pool stamps its routes with the version it read first).
     fn commit(&self, slots: Vec<Slot>) {
         if slots.is_empty() {
             return;
@@ -409,11 +444,9 @@ impl Topology {
         {
             let mut state = self.write();
             for slot in slots {
+                state.forgotten.remove(&slot.info.id);
                 state.install(slot, &mut touched);
             }
-            self.shared
-                .version
-                .store(state.version, std::sync::atomic::Ordering::Release);
         }
         let fresh: Vec<(String, Option<Published>)> = {
             let state = self.read();
@@ -436,6 +469,9 @@ impl Topology {
                 }
             }
         }
+        self.shared
+            .version
+            .store(state.version, std::sync::atomic::Ordering::Release);
     }
 
     fn check(&self, info: &NodeInfo) -> Result<(), TopologyError> {
@@ -459,12 +495,27 @@ impl Topology {
         }
         let _w = self.writer();
         let first = Stamp::new(self.shared.config.generation, 1);
-        let stamp = match self.read().entries.get(&info.id) {
-            Some(old) if old.state != NodeState::Left => {
-                return Err(TopologyError::AlreadyExists(info.id));
+        let stamp = {
+            let state = self.read();
+            match state.entries.get(&info.id) {
+                Some(old) if old.state != NodeState::Left => {
+                    return Err(TopologyError::AlreadyExists(info.id));
+                }
+                Some(old) => first.max(old.stamp.next()),
+                None => {
+                    let max = self.shared.config.limits.max_members;
+                    if state.entries.len() >= max {
+                        return Err(TopologyError::TooManyMembers {
+                            count: state.entries.len() + 1,
+                            max,
+                        });
+                    }
+                    match state.forgotten.get(&info.id) {
+                        Some(f) => first.max(f.slot.stamp.next()),
+                        None => first,
+                    }
+                }
             }
-            Some(old) => first.max(old.stamp.next()),
-            None => first,
         };
         self.commit(vec![Slot::new(Arc::new(info), stamp, NodeState::Alive)]);
         Ok(())
@@ -566,11 +617,24 @@ impl Topology {
         let mut winners = Vec::new();
         {
             let state = self.read();
+            let mut added = 0;
             for slot in incoming {
                 let held = state.entries.get(&slot.info.id);
                 if held.is_some_and(|h| h.precedence() >= slot.precedence()) {
                     report.ignored += 1;
                     continue;
+                }
+                if held.is_none() {
+                    // A purged node comes back only with a newer entry (a
+                    // restart or a refutation), never with a copy older than
+                    // the tombstone or death that made it go.
+                    if let Some(f) = state.forgotten.get(&slot.info.id)
+                        && f.slot.precedence() >= slot.precedence()
+                    {
+                        report.ignored += 1;
+                        continue;
+                    }
+                    added += 1;
                 }
                 let own = self.local_id().is_some_and(|me| *me == slot.info.id);
                 match held {
@@ -584,6 +648,13 @@ impl Topology {
                     _ => winners.push(slot),
                 }
             }
+            let max = limits.max_members;
+            if added > 0 && state.entries.len() + added > max {
+                return Err(TopologyError::TooManyMembers {
+                    count: state.entries.len() + added,
+                    max,
+                });
+            }
         }
         report.changed = winners.iter().map(|s| s.info.id.clone()).collect();
         report.changed.sort();
@@ -592,26 +663,87 @@ impl Topology {
     }
 
     /// Drops tombstones learnt before `cutoff` (now minus the retention the
-    /// caller chooses); returns how many went. Keep the retention well above
-    /// the time a tombstone needs to reach every node, or an old live entry
-    /// may come back from a node that never saw it.
+    /// caller chooses); returns how many went. A dropped tombstone is
+    /// remembered (see [`Topology::forget_before`]), so that an older live
+    /// copy of the node held elsewhere cannot bring it back.
     pub fn purge_tombstones(&self, cutoff: SystemTime) -> usize {
+        self.purge(cutoff, NodeState::Left)
+    }
+
+    /// Drops entries marked dead before `cutoff`; returns how many went.
+    /// Like tombstones, they are remembered: the node returns only with a
+    /// newer entry (it refutes, or restarts with a new generation).
+    pub fn purge_dead(&self, cutoff: SystemTime) -> usize {
+        self.purge(cutoff, NodeState::Dead)
+    }
+
+    fn purge(&self, cutoff: SystemTime, which: NodeState) -> usize {
         let _w = self.writer();
         let mut state = self.write();
         let old: Vec<NodeId> = state
             .entries
             .values()
-            .filter(|s| s.left_at.is_some_and(|t| t < cutoff))
+            .filter(|s| s.state == which && s.gone_at.is_some_and(|t| t < cutoff))
             .map(|s| s.info.id.clone())
             .collect();
+        let now = SystemTime::now();
         for id in &old {
             if let Some(slot) = state.entries.remove(id) {
                 let term = slot.term();
                 state.digest.remove(term);
                 state.buckets[bucket_of(id)].remove(term);
+                if slot.state != NodeState::Left {
+                    // Dead entries are not available: no provider list
+                    // holds them, so only the count changes.
+                    state.live -= 1;
+                }
+                state
+                    .forgotten
+                    .insert(id.clone(), Forgotten { slot, at: now });
             }
         }
+        let max = self.shared.config.limits.max_members;
+        if state.forgotten.len() > max {
+            // Bounded like the entries: the oldest memories go first.
+            let mut by_age: Vec<(SystemTime, NodeId)> = state
+                .forgotten
+                .iter()
+                .map(|(id, f)| (f.at, id.clone()))
+                .collect();
+            by_age.sort();
+            let excess = state.forgotten.len() - max;
+            for (_, id) in by_age.into_iter().take(excess) {
+                state.forgotten.remove(&id);
+            }
+        }
+        if !old.is_empty() {
+            state.version += 1;
+            self.shared
+                .version
+                .store(state.version, std::sync::atomic::Ordering::Release);
+        }
         old.len()
+    }
+
+    /// Forgets purged entries purged before `cutoff`, for good; returns how
+    /// many went. Keep this retention far above the time a partitioned
+    /// node may stay away with an old copy.
+    pub fn forget_before(&self, cutoff: SystemTime) -> usize {
+        let _w = self.writer();
+        let mut state = self.write();
+        let before = state.forgotten.len();
+        state.forgotten.retain(|_, f| f.at >= cutoff);
+        before - state.forgotten.len()
+    }
+
+    /// Whether `id` was purged (and is remembered as such).
+    pub fn is_forgotten(&self, id: &str) -> bool {
+        self.read().forgotten.contains_key(id)
+    }
+
+    /// How many purged entries are remembered.
+    pub fn forgotten_count(&self) -> usize {
+        self.read().forgotten.len()
     }
 
     /// A node by ID, unless it has left.
@@ -766,23 +898,28 @@ impl Topology {
         let theirs: HashMap<&NodeId, Precedence> =
             remote.iter().map(|d| (&d.id, d.precedence())).collect();
         let state = self.read();
-        let send = state
+        let mut send: Vec<Entry> = state
             .entries
             .values()
             .filter(|s| mask.is_none_or(|m| m[bucket_of(&s.info.id)]))
             .filter(|s| theirs.get(&s.info.id).is_none_or(|p| *p < s.precedence()))
             .map(Slot::entry)
             .collect();
-        let mut want: Vec<NodeId> = remote
-            .iter()
-            .filter(|d| {
-                state
-                    .entries
-                    .get(&d.id)
-                    .is_none_or(|s| s.precedence() < d.precedence())
-            })
-            .map(|d| d.id.clone())
-            .collect();
+        let mut want: Vec<NodeId> = Vec::new();
+        for d in remote {
+            match (state.entries.get(&d.id), state.forgotten.get(&d.id)) {
+                (Some(s), _) if s.precedence() >= d.precedence() => {}
+                (None, Some(f)) if f.slot.precedence() >= d.precedence() => {
+                    // They hold an older copy of a purged node: tell them
+                    // why it went, so they drop it too (and the node itself,
+                    // if it is alive after all, refutes).
+                    if f.slot.precedence() > d.precedence() {
+                        send.push(f.slot.entry());
+                    }
+                }
+                _ => want.push(d.id.clone()),
+            }
+        }
         want.sort();
         want.dedup();
         Comparison { send, want }

@@ -1,15 +1,17 @@
-//! The mesh loop: keeps a node's peers, topology and liveness current.
+//! The driver of the mesh protocol: timers and the network around
+//! `aegis-mesh`, which makes every decision (whom to probe, what a miss
+//! means, whom to sync with, what to purge). The driver holds the topology
+//! and a weak reference to the peers, never the node, so dropping the node
+//! ends it.
 
-use std::collections::HashMap;
 use std::sync::Weak;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use aegis_peer::PeerInfo;
+use aegis_mesh::{Liveness, LivenessConfig, Rng, Transition};
 use aegis_peer::util::join_all;
-use aegis_topology::{NodeId, NodeState};
+use aegis_peer::{PeerInfo, PeerManager};
+use aegis_topology::{NodeId, NodeState, Topology};
 use tokio::sync::watch;
-
-use crate::node::NodeInner;
 
 /// How the background mesh loop runs. On by default; turn it off with
 /// [`MeshConfig::disabled`] to drive `sync_topology` by hand.
@@ -38,21 +40,33 @@ pub struct MeshConfig {
     pub dead_after: u32,
     /// How long tombstones of nodes that left are kept before purging.
     pub tombstone_retention: Duration,
+    /// How long dead nodes are kept (and probed with a back-off that grows
+    /// from 1 s to 60 s) before purging.
+    pub dead_retention: Duration,
+    /// Members a leaving node tells directly (its peers and the members it
+    /// knows, at random up to this many); gossip takes it from there.
+    pub leave_fanout: usize,
+    /// How long `shutdown` spends telling them.
+    pub leave_timeout: Duration,
 }
 
 impl Default for MeshConfig {
     fn default() -> Self {
+        let liveness = LivenessConfig::default();
         Self {
             enabled: true,
             interval: Duration::from_millis(300),
             jitter: 0.2,
             fanout: 3,
             probe_timeout: Duration::from_millis(250),
-            max_probes: 32,
+            max_probes: liveness.max_probes,
             sync_timeout: Duration::from_secs(2),
-            suspect_after: 2,
-            dead_after: 4,
-            tombstone_retention: Duration::from_secs(600),
+            suspect_after: liveness.suspect_after,
+            dead_after: liveness.dead_after,
+            tombstone_retention: liveness.tombstone_retention,
+            dead_retention: liveness.dead_retention,
+            leave_fanout: 32,
+            leave_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -65,139 +79,126 @@ impl MeshConfig {
             ..Self::default()
         }
     }
-}
 
-/// xorshift64*: enough to pick peers and jitter, seeded per node.
-pub(crate) struct Rng(u64);
-
-impl Rng {
-    pub(crate) fn new(seed: u64) -> Self {
-        Self(seed | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    pub(crate) fn liveness(&self) -> LivenessConfig {
+        LivenessConfig {
+            max_probes: self.max_probes,
+            suspect_after: self.suspect_after,
+            dead_after: self.dead_after,
+            tombstone_retention: self.tombstone_retention,
+            dead_retention: self.dead_retention,
+            ..LivenessConfig::default()
+        }
     }
 }
 
-/// Runs rounds until `stop` or until the node is gone.
-pub(crate) async fn run(
-    node: Weak<NodeInner>,
-    config: MeshConfig,
-    mut stop: watch::Receiver<bool>,
-    seed: u64,
-) {
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// What the driver works on.
+pub(crate) struct Driver {
+    pub(crate) local: NodeId,
+    pub(crate) topology: Topology,
+    pub(crate) peers: Weak<PeerManager>,
+    pub(crate) config: MeshConfig,
+}
+
+/// Runs rounds until `stop` or until the peers are gone.
+pub(crate) async fn run(driver: Driver, mut stop: watch::Receiver<bool>, seed: u64) {
     let mut rng = Rng::new(seed);
-    let mut misses: HashMap<NodeId, u32> = HashMap::new();
+    let mut liveness = Liveness::new(driver.local.clone(), driver.config.liveness());
     loop {
-        let jitter = config.jitter.clamp(0.0, 1.0);
+        let jitter = driver.config.jitter.clamp(0.0, 1.0);
         let factor = (1.0 + jitter * (2.0 * rng.unit() - 1.0)).max(0.05);
-        let wait = Duration::try_from_secs_f64(config.interval.as_secs_f64() * factor)
-            .unwrap_or(config.interval);
+        let wait = Duration::try_from_secs_f64(driver.config.interval.as_secs_f64() * factor)
+            .unwrap_or(driver.config.interval);
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
             () = tokio::time::sleep(wait) => {}
         }
-        let Some(node) = node.upgrade() else { return };
-        round(&node, &config, &mut rng, &mut misses).await;
+        let Some(peers) = driver.peers.upgrade() else {
+            return;
+        };
+        round(&driver, &peers, &mut rng, &mut liveness).await;
     }
 }
 
-/// One round: learn peers from the topology, ping every peer, mark the
-/// silent ones, sync with a few.
-async fn round(
-    node: &NodeInner,
-    config: &MeshConfig,
-    rng: &mut Rng,
-    misses: &mut HashMap<NodeId, u32>,
-) {
-    learn_peers(node);
-    let peers = node.peers.get_all_peers();
-    let mut probed = peers.clone();
-    while probed.len() > config.max_probes.max(1) {
-        probed.swap_remove(rng.below(probed.len()));
-    }
-
-    // Liveness: ping the chosen peers at once.
-    let pings = probed.iter().map(|p| {
-        let id = p.id().clone();
-        async move {
-            let ok = matches!(
-                tokio::time::timeout(config.probe_timeout, node.peers.ping_peer(id.as_str())).await,
-                Ok(Ok(_))
-            );
-            (id, ok)
-        }
+/// One round: learn peers, probe whom the core says, report the answers,
+/// sync with whom the core says, purge.
+async fn round(driver: &Driver, peers: &PeerManager, rng: &mut Rng, liveness: &mut Liveness) {
+    let config = &driver.config;
+    let topology = &driver.topology;
+    learn_peers(peers, topology, &driver.local);
+    let probes = liveness.probes(topology, now_ms(), rng);
+    let pings = probes.iter().map(|id| async move {
+        let ok = matches!(
+            tokio::time::timeout(config.probe_timeout, peers.ping_peer(id.as_str())).await,
+            Ok(Ok(_))
+        );
+        (id, ok)
     });
-    let mut alive = Vec::new();
+    let mut answered = Vec::new();
     for (id, ok) in join_all(pings).await {
         if ok {
-            misses.remove(&id);
-            alive.push(id);
-            continue;
+            answered.push(id.clone());
         }
-        let n = misses.entry(id.clone()).or_insert(0);
-        *n += 1;
-        let state = if *n >= config.dead_after {
-            NodeState::Dead
-        } else if *n >= config.suspect_after {
-            NodeState::Suspect
-        } else {
-            continue;
-        };
-        if let Ok(true) = node.topology.mark(id.as_str(), state) {
-            tracing::info!(node_id = %node.id, peer = %id, ?state, missed = *n, "peer liveness changed");
+        match liveness.on_probe(topology, id, ok, now_ms()) {
+            Some(Transition::Suspect { id, missed }) => {
+                tracing::info!(node_id = %driver.local, peer = %id, missed, "peer suspect");
+            }
+            Some(Transition::Dead { id, missed }) => {
+                tracing::warn!(node_id = %driver.local, peer = %id, missed, "peer dead");
+            }
+            Some(Transition::Answering { id }) => {
+                tracing::info!(node_id = %driver.local, peer = %id, "peer answers again");
+            }
+            None => {}
         }
     }
-    misses.retain(|id, _| peers.iter().any(|p| p.id() == id));
-
-    // Gossip: sync with up to `fanout` of the peers that answered.
-    let mut chosen = Vec::new();
-    while chosen.len() < config.fanout.min(alive.len()) {
-        let pick = alive.swap_remove(rng.below(alive.len()));
-        chosen.push(pick);
-    }
-    let syncs = chosen.iter().map(|id| async move {
-        match tokio::time::timeout(config.sync_timeout, node.peers.sync_topology(id.as_str())).await
-        {
+    let seeds: Vec<NodeId> = peers
+        .get_all_peers()
+        .iter()
+        .map(|p| p.id().clone())
+        .collect();
+    let targets = liveness.sync_targets(topology, &seeds, &answered, config.fanout, rng);
+    let syncs = targets.iter().map(|id| async move {
+        match tokio::time::timeout(config.sync_timeout, peers.sync_topology(id.as_str())).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => {
-                tracing::debug!(node_id = %node.id, peer = %id, error = %e, "sync failed")
+                tracing::debug!(node_id = %driver.local, peer = %id, error = %e, "sync failed")
             }
-            Err(_) => tracing::debug!(node_id = %node.id, peer = %id, "sync timed out"),
+            Err(_) => tracing::debug!(node_id = %driver.local, peer = %id, "sync timed out"),
         }
     });
     join_all(syncs).await;
-
-    let cutoff = std::time::SystemTime::now().checked_sub(config.tombstone_retention);
-    if let Some(cutoff) = cutoff {
-        node.topology.purge_tombstones(cutoff);
+    let (left, dead) = liveness.housekeeping(topology, SystemTime::now());
+    if left + dead > 0 {
+        tracing::info!(node_id = %driver.local, left, dead, "purged departed members");
     }
 }
 
 /// Makes a peer of every node the topology knows (and drops peers that
-/// left or moved), so that a node that knows one seed ends up knowing the mesh.
-pub(crate) fn learn_peers(node: &NodeInner) {
-    for entry in node.topology.entries() {
+/// left, moved or were purged), so that a node that knows one seed ends up
+/// knowing the mesh.
+pub(crate) fn learn_peers(peers: &PeerManager, topology: &Topology, local: &NodeId) {
+    for peer in peers.get_all_peers() {
+        if topology.is_forgotten(peer.id().as_str()) {
+            let _ = peers.remove_peer(peer.id().as_str());
+        }
+    }
+    for entry in topology.entries() {
         let id = entry.id();
-        if *id == node.id {
+        if id == local {
             continue;
         }
-        let existing = node.peers.get_peer(id.as_str());
+        let existing = peers.get_peer(id.as_str());
         if entry.state == NodeState::Left {
             if existing.is_some() {
-                let _ = node.peers.remove_peer(id.as_str());
+                let _ = peers.remove_peer(id.as_str());
             }
             continue;
         }
@@ -205,20 +206,58 @@ pub(crate) fn learn_peers(node: &NodeInner) {
             Some(p) if p.info().address == entry.info.address => {}
             other => {
                 if other.is_some() {
-                    let _ = node.peers.remove_peer(id.as_str());
+                    let _ = peers.remove_peer(id.as_str());
                 }
-                match PeerInfo::new(id.as_str(), entry.info.address.clone()) {
-                    Ok(info) => {
-                        let info = info.with_type(entry.info.node_type.clone());
-                        if node.peers.add_peer(info).is_ok() {
-                            tracing::debug!(node_id = %node.id, peer = %id, "learnt peer from topology");
-                        }
-                    }
-                    Err(e) => {
-                        tracing::debug!(node_id = %node.id, peer = %id, error = %e, "unusable address")
-                    }
-                }
+                add_peer(peers, id, &entry.info.address, &entry.info.node_type);
             }
         }
+    }
+}
+
+fn add_peer(peers: &PeerManager, id: &NodeId, address: &str, node_type: &aegis_topology::NodeType) {
+    match PeerInfo::new(id.as_str(), address) {
+        Ok(info) => {
+            if peers.add_peer(info.with_type(node_type.clone())).is_ok() {
+                tracing::debug!(peer = %id, "learnt peer from topology");
+            }
+        }
+        Err(e) => tracing::debug!(peer = %id, error = %e, "unusable address"),
+    }
+}
+
+/// Tells members that this node left: its tombstone, in one request each,
+/// to its peers and the members it knows (at random, up to `leave_fanout`),
+/// all at once and within `leave_timeout` in all. Returns how many took it.
+pub(crate) async fn announce_leave(
+    peers: &PeerManager,
+    topology: &Topology,
+    local: &NodeId,
+    config: &MeshConfig,
+    seed: u64,
+) -> usize {
+    let mut targets: Vec<NodeId> = peers
+        .get_all_peers()
+        .iter()
+        .map(|p| p.id().clone())
+        .collect();
+    for e in topology.entries() {
+        if e.id() != local && e.state.is_available() && !targets.contains(e.id()) {
+            targets.push(e.id().clone());
+        }
+    }
+    let mut rng = Rng::new(seed);
+    let k = rng.choose(&mut targets, config.leave_fanout);
+    targets.truncate(k);
+    for id in &targets {
+        if peers.get_peer(id.as_str()).is_none()
+            && let Some(n) = topology.get_node(id.as_str())
+        {
+            add_peer(peers, id, &n.address, &n.node_type);
+        }
+    }
+    let pushes = targets.iter().map(|id| peers.push_leave(id.as_str()));
+    match tokio::time::timeout(config.leave_timeout, join_all(pushes)).await {
+        Ok(results) => results.iter().filter(|r| r.is_ok()).count(),
+        Err(_) => 0,
     }
 }

@@ -172,6 +172,13 @@ impl NodeBuilder {
             field: "address",
             reason: e.to_string(),
         })?;
+        // Everything is checked before anything touches the disk: a refused
+        // build leaves no key or certificate behind.
+        let own = NodeInfo::new(id.as_str(), name.clone(), address)?
+            .with_type(self.node_type.clone())
+            .with_services(self.services.clone());
+        let limits = aegis_topology::Limits::default();
+        limits.check(&own)?;
         let tls = match &self.tls_options {
             Some(opts) => aegis_tls::load_tls_config(opts)?,
             None => aegis_tls::load_or_generate_tls(id.as_str(), &self.cert_dir)?,
@@ -193,13 +200,11 @@ impl NodeBuilder {
             generation,
             ..TopologyConfig::default()
         });
-        topology.add_node(
-            NodeInfo::new(id.as_str(), name.clone(), address)?
-                .with_type(self.node_type.clone())
-                .with_services(self.services.clone()),
-        )?;
-        let peers = PeerManager::new(id.clone(), Some(tls.clone()), topology.clone())
-            .with_config(self.peer_config);
+        topology.add_node(own)?;
+        let peers = Arc::new(
+            PeerManager::new(id.clone(), Some(tls.clone()), topology.clone())
+                .with_config(self.peer_config),
+        );
         Ok(Node {
             inner: Arc::new(NodeInner {
                 id,
@@ -239,14 +244,14 @@ impl Drop for Running {
 }
 
 pub(crate) struct NodeInner {
-    pub(crate) id: NodeId,
+    id: NodeId,
     name: String,
     node_type: NodeType,
     services: Vec<ServiceInfo>,
     tls: TlsConfig,
-    pub(crate) topology: Topology,
+    topology: Topology,
     health: Health,
-    pub(crate) peers: PeerManager,
+    peers: Arc<PeerManager>,
     pool: OnceLock<ServiceClientPool>,
     registrars: Vec<Registrar>,
     mesh: MeshConfig,
@@ -300,6 +305,12 @@ impl Node {
         NodeBuilder::new()
     }
 
+    /// The seed of this node's random choices: different per node and per
+    /// life, so nodes started together do not choose alike.
+    fn seed(&self) -> u64 {
+        self.inner.generation ^ hash(self.inner.id.as_str())
+    }
+
     fn check_open(&self) -> Result<(), Error> {
         if self
             .inner
@@ -344,13 +355,13 @@ impl Node {
         }
         let (stop, stop_rx) = watch::channel(false);
         let mesh = self.inner.mesh.enabled.then(|| {
-            let seed = self.inner.generation ^ hash(self.inner.id.as_str());
-            tokio::spawn(mesh::run(
-                Arc::downgrade(&self.inner),
-                self.inner.mesh,
-                stop_rx,
-                seed,
-            ))
+            let driver = mesh::Driver {
+                local: self.inner.id.clone(),
+                topology: self.inner.topology.clone(),
+                peers: Arc::downgrade(&self.inner.peers),
+                config: self.inner.mesh,
+            };
+            tokio::spawn(mesh::run(driver, stop_rx, self.seed()))
         });
         self.set_health(HealthStatus::Healthy, "serving", None);
         tracing::info!(node_id = %self.inner.id, address = %bound, "node started");
@@ -378,32 +389,36 @@ impl Node {
         }
         let running = self.inner.running.lock().await.take();
         let mut result = Ok(());
-        if let Some(mut running) = running {
+        if let Some(running) = &running {
             let _ = running.stop.send(true);
-            if let Some(task) = running.mesh.take() {
-                let _ = task.await;
-            }
-            if self
-                .inner
-                .topology
-                .remove_node(self.inner.id.as_str())
-                .is_ok()
-            {
-                let peers = self.inner.peers.get_all_peers();
-                let pushes = peers.iter().map(|p| {
-                    tokio::time::timeout(
-                        Duration::from_millis(500),
-                        self.inner.peers.sync_topology(p.id().as_str()),
-                    )
-                });
-                aegis_peer::util::join_all(pushes).await;
-            }
-            if let Some(server) = running.server.take() {
-                result = server
-                    .shutdown(self.inner.shutdown_grace)
-                    .await
-                    .map_err(Error::from);
-            }
+        }
+        let mut running = running;
+        if let Some(task) = running.as_mut().and_then(|r| r.mesh.take()) {
+            let _ = task.await;
+        }
+        // Tell the mesh, whether or not the server ran: others may know
+        // this node from a sync it made by hand.
+        if self
+            .inner
+            .topology
+            .remove_node(self.inner.id.as_str())
+            .is_ok()
+        {
+            let told = mesh::announce_leave(
+                &self.inner.peers,
+                &self.inner.topology,
+                &self.inner.id,
+                &self.inner.mesh,
+                self.seed(),
+            )
+            .await;
+            tracing::debug!(node_id = %self.inner.id, told, "leave announced");
+        }
+        if let Some(server) = running.as_mut().and_then(|r| r.server.take()) {
+            result = server
+                .shutdown(self.inner.shutdown_grace)
+                .await
+                .map_err(Error::from);
         }
         self.inner.peers.close();
         if let Some(pool) = self.inner.pool.get() {
@@ -478,7 +493,7 @@ impl Node {
     /// As [`PeerManager::sync_topology`].
     pub async fn sync_topology(&self, id: &str) -> Result<SyncReport, Error> {
         let report = self.inner.peers.sync_topology(id).await?;
-        mesh::learn_peers(&self.inner);
+        mesh::learn_peers(&self.inner.peers, &self.inner.topology, &self.inner.id);
         Ok(report)
     }
 
@@ -488,7 +503,7 @@ impl Node {
     /// The first peer's error, if any failed.
     pub async fn sync_topology_with_all_peers(&self) -> Result<(), Error> {
         let results = self.inner.peers.sync_topology_with_all_peers().await;
-        mesh::learn_peers(&self.inner);
+        mesh::learn_peers(&self.inner.peers, &self.inner.topology, &self.inner.id);
         for (_, r) in results {
             r?;
         }
