@@ -82,6 +82,17 @@ pub enum NodeIdError {
 /// ASCII letters, digits, `-`, `_` and `.`, and so also a safe file name
 /// (no `/`, no `..`, no NUL, no spaces).
 ///
+/// An ID has one canonical form, lowercase: DNS names (and so TLS name
+/// checks) ignore case, so `Node-1` and `node-1` are one node, and
+/// [`NodeId::new`] makes both `node-1`. Every layer (certificate CN and
+/// file names, topology key, the ID a peer answers with) uses that form.
+///
+/// ```
+/// use aegis_id::NodeId;
+/// assert_eq!(NodeId::new("Node-1").unwrap(), NodeId::new("node-1").unwrap());
+/// assert_eq!(NodeId::new("Node-1").unwrap().as_str(), "node-1");
+/// ```
+///
 /// Cloning is cheap (a reference count).
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct NodeId(Arc<str>);
@@ -94,7 +105,11 @@ impl NodeId {
     pub fn new(id: impl AsRef<str>) -> Result<Self, NodeIdError> {
         let id = id.as_ref();
         validate(id)?;
-        Ok(Self(Arc::from(id)))
+        if id.bytes().any(|b| b.is_ascii_uppercase()) {
+            Ok(Self(Arc::from(id.to_ascii_lowercase())))
+        } else {
+            Ok(Self(Arc::from(id)))
+        }
     }
 
     /// The ID as a string slice.
@@ -231,6 +246,20 @@ mod tests {
         for id in ["node-1", "identity_v1", "a", "svc.eu-west.node7", "N0DE"] {
             assert!(NodeId::new(id).is_ok(), "{id}");
         }
+    }
+
+    #[test]
+    fn one_canonical_form_whatever_the_case() {
+        // DNS names, and so the TLS name check, ignore case: `UPPER` and
+        // `upper` must be one node everywhere, not two.
+        let upper = NodeId::new("UPPER").unwrap();
+        let lower = NodeId::new("upper").unwrap();
+        assert_eq!(upper, lower);
+        assert_eq!(upper.as_str(), "upper");
+        assert_eq!(
+            NodeId::new("Svc.EU-West.Node7").unwrap().as_str(),
+            "svc.eu-west.node7"
+        );
     }
 
     #[test]

@@ -123,19 +123,29 @@ pub fn respond(
             digests.truncate(config.max_digests_per_message);
             SyncResponse::EntryDigests(digests)
         }
-        SyncRequest::Delta { push, want } => {
-            let max = limits.max_delta_entries;
-            if want.len() > max {
-                return Err(SyncError::InvalidRequest {
-                    field: "want",
-                    reason: format!("{} IDs, over the limit of {max}", want.len()),
-                });
-            }
+        SyncRequest::Delta { push, mut want } => {
+            // Everything is checked before anything is applied: the push
+            // whole (stamps here, fields and bounds in `apply`), and the
+            // wants are typed IDs already.
             check_stamps(&push, config, now_ms)?;
+            // A pushed copy of a node this one purged is answered with the
+            // reason it went (first, before the wanted entries), so the
+            // pusher drops it too, or refutes it if it is that node.
+            let corrections = topology.superseding_forgotten(&push);
             let applied = topology.apply(push)?;
-            let (entries, more) = answer_wants(topology, &want, config);
+            // More wants than this node answers at once is not an error:
+            // it answers the first ones and says `more`.
+            let max = limits.max_delta_entries.min(config.max_wants_per_message);
+            let cut = want.len() > max;
+            want.truncate(max);
+            let (wanted, more) = answer_wants(topology, &want, config);
+            let mut entries = corrections;
+            entries.extend(wanted);
             return Ok(Responded {
-                response: SyncResponse::Entries { entries, more },
+                response: SyncResponse::Entries {
+                    entries,
+                    more: more || cut,
+                },
                 applied,
             });
         }
@@ -358,14 +368,10 @@ impl SyncSession {
                 Ok(self.next_page())
             }
             (Phase::Delta(asked), SyncResponse::Entries { entries, more }) => {
-                if more {
-                    if entries.is_empty() {
-                        return Err(SyncError::Unexpected {
-                            expected: "at least one entry with `more`",
-                            got: "none",
-                        });
-                    }
-                    // Ask again, in the next page, for what the peer left out.
+                // Ask again, in the next page, for what the peer left out
+                // (after the last entry it sent; with none sent, nothing can
+                // be told apart, and the next session starts afresh).
+                if more && !entries.is_empty() {
                     let last = entries.last().map(|e| e.id().clone());
                     let from = asked
                         .iter()

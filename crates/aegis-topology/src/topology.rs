@@ -66,6 +66,11 @@ pub struct TopologyConfig {
     pub generation: u64,
     /// Bounds on remote input.
     pub limits: Limits,
+    /// Where the topology reads the time (timestamps of new entries, when
+    /// a node was learnt to be gone, when it was purged): the system clock
+    /// when `None`. Simulations set their own, so that purges happen at
+    /// simulated times.
+    pub clock: Option<fn() -> SystemTime>,
 }
 
 /// An immutable, shared list of nodes in ID order; cloning it is one atomic
@@ -127,9 +132,9 @@ struct Slot {
 }
 
 impl Slot {
-    fn new(info: Arc<NodeInfo>, stamp: Stamp, state: NodeState) -> Self {
+    fn new(info: Arc<NodeInfo>, stamp: Stamp, state: NodeState, now: SystemTime) -> Self {
         let content = content_hash(&info);
-        let gone_at = matches!(state, NodeState::Left | NodeState::Dead).then(SystemTime::now);
+        let gone_at = matches!(state, NodeState::Left | NodeState::Dead).then_some(now);
         Self {
             info,
             stamp,
@@ -371,9 +376,8 @@ impl std::fmt::Debug for Topology {
     }
 }
 
-fn now_unix() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
+fn unix_secs(now: SystemTime) -> i64 {
+    now.duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
         .unwrap_or(0)
 }
@@ -395,6 +399,14 @@ impl Topology {
                 config,
             }),
         }
+    }
+
+    /// The time by the topology's clock ([`TopologyConfig::clock`]).
+    pub fn now(&self) -> SystemTime {
+        self.shared
+            .config
+            .clock
+            .map_or_else(SystemTime::now, |clock| clock())
     }
 
     /// The owner's ID, if set.
@@ -486,7 +498,7 @@ impl Topology {
     /// is too long.
     pub fn add_node(&self, mut info: NodeInfo) -> Result<(), TopologyError> {
         self.check(&info)?;
-        let now = now_unix();
+        let now = unix_secs(self.now());
         if info.joined_at == 0 {
             info.joined_at = now;
         }
@@ -517,7 +529,12 @@ impl Topology {
                 }
             }
         };
-        self.commit(vec![Slot::new(Arc::new(info), stamp, NodeState::Alive)]);
+        self.commit(vec![Slot::new(
+            Arc::new(info),
+            stamp,
+            NodeState::Alive,
+            self.now(),
+        )]);
         Ok(())
     }
 
@@ -529,7 +546,7 @@ impl Topology {
     pub fn update_node(&self, mut info: NodeInfo) -> Result<(), TopologyError> {
         self.check(&info)?;
         if info.updated_at == 0 {
-            info.updated_at = now_unix();
+            info.updated_at = unix_secs(self.now());
         }
         let _w = self.writer();
         let stamp = match self.read().entries.get(&info.id) {
@@ -539,7 +556,12 @@ impl Topology {
             }
             _ => return Err(TopologyError::NotFound(info.id)),
         };
-        self.commit(vec![Slot::new(Arc::new(info), stamp, NodeState::Alive)]);
+        self.commit(vec![Slot::new(
+            Arc::new(info),
+            stamp,
+            NodeState::Alive,
+            self.now(),
+        )]);
         Ok(())
     }
 
@@ -551,9 +573,12 @@ impl Topology {
     pub fn remove_node(&self, id: &str) -> Result<(), TopologyError> {
         let _w = self.writer();
         let slot = match self.read().entries.get(id) {
-            Some(old) if old.state != NodeState::Left => {
-                Slot::new(Arc::clone(&old.info), old.stamp.next(), NodeState::Left)
-            }
+            Some(old) if old.state != NodeState::Left => Slot::new(
+                Arc::clone(&old.info),
+                old.stamp.next(),
+                NodeState::Left,
+                self.now(),
+            ),
             _ => return Err(TopologyError::NotFound(NodeId::new(id)?)),
         };
         self.commit(vec![slot]);
@@ -576,7 +601,7 @@ impl Topology {
                 if self.local_id().is_some_and(|me| me.as_str() == id) {
                     return Ok(false);
                 }
-                Slot::new(Arc::clone(&old.info), old.stamp, state)
+                Slot::new(Arc::clone(&old.info), old.stamp, state, self.now())
             }
             _ => return Err(TopologyError::NotFound(NodeId::new(id)?)),
         };
@@ -607,9 +632,10 @@ impl Topology {
             }
         }
         drop(seen);
+        let now = self.now();
         let incoming: Vec<Slot> = entries
             .into_iter()
-            .map(|e| Slot::new(e.info, e.stamp, e.state))
+            .map(|e| Slot::new(e.info, e.stamp, e.state, now))
             .collect();
 
         let _w = self.writer();
@@ -642,7 +668,12 @@ impl Topology {
                         // Nobody else writes this node's entry: answer with a
                         // stamp above the claim, keeping our own content.
                         let stamp = mine.stamp.max(slot.stamp).next();
-                        winners.push(Slot::new(Arc::clone(&mine.info), stamp, NodeState::Alive));
+                        winners.push(Slot::new(
+                            Arc::clone(&mine.info),
+                            stamp,
+                            NodeState::Alive,
+                            self.now(),
+                        ));
                         report.refuted = true;
                     }
                     _ => winners.push(slot),
@@ -686,7 +717,7 @@ impl Topology {
             .filter(|s| s.state == which && s.gone_at.is_some_and(|t| t < cutoff))
             .map(|s| s.info.id.clone())
             .collect();
-        let now = SystemTime::now();
+        let now = self.now();
         for id in &old {
             if let Some(slot) = state.entries.remove(id) {
                 let term = slot.term();
@@ -734,6 +765,25 @@ impl Topology {
         let before = state.forgotten.len();
         state.forgotten.retain(|_, f| f.at >= cutoff);
         before - state.forgotten.len()
+    }
+
+    /// The remembered purged entries that supersede some of `entries`: what
+    /// to answer a peer that pushes an old copy of a purged node (that node
+    /// itself, if it was only cut off, then refutes).
+    pub fn superseding_forgotten(&self, entries: &[Entry]) -> Vec<Entry> {
+        let state = self.read();
+        entries
+            .iter()
+            .filter_map(|e| {
+                let f = state.forgotten.get(e.id())?;
+                let theirs = Precedence {
+                    stamp: e.stamp,
+                    state: e.state,
+                    content: content_hash(&e.info),
+                };
+                (f.slot.precedence() > theirs).then(|| f.slot.entry())
+            })
+            .collect()
     }
 
     /// Whether `id` was purged (and is remembered as such).

@@ -1,0 +1,266 @@
+//! The core's decisions, one at a time, with no network.
+
+use std::time::Duration;
+
+use aegis_mesh::{
+    Liveness, LivenessConfig, Rng, Step, SyncConfig, SyncError, SyncMode, SyncRequest,
+    SyncResponse, SyncSession, Transition, respond,
+};
+use aegis_topology::{
+    Entry, Limits, NodeId, NodeInfo, NodeState, ServiceInfo, Stamp, Topology, TopologyConfig,
+};
+
+const NOW: u64 = 1_700_000_000_000;
+
+fn owned(id: &str, limits: Limits) -> Topology {
+    let t = Topology::with_config(TopologyConfig {
+        local_id: Some(NodeId::new(id).unwrap()),
+        generation: NOW,
+        limits,
+        ..TopologyConfig::default()
+    });
+    t.add_node(NodeInfo::new(id, id, "127.0.0.1:1").unwrap())
+        .unwrap();
+    t
+}
+
+fn big_entry(i: usize, services: usize) -> Entry {
+    let info = NodeInfo::new(format!("m{i}"), "x".repeat(1000), "127.0.0.1:2")
+        .unwrap()
+        .with_services(
+            (0..services).map(|s| ServiceInfo::new(format!("{s:0>1000}"), "v".repeat(1000))),
+        );
+    Entry::new(info, Stamp::new(NOW, 1), NodeState::Alive)
+}
+
+/// Runs a whole session of `a` against `b`; returns the outcome and the
+/// largest message (approximate bytes) either side sent.
+fn sync(a: &Topology, b: &Topology, config: SyncConfig) -> (aegis_mesh::SyncOutcome, usize) {
+    let (mut session, mut request) = SyncSession::start(a, config);
+    let mut largest = 0;
+    loop {
+        largest = largest.max(request.encoded_len());
+        let answer = respond(b, request, &config, NOW).unwrap().response;
+        largest = largest.max(answer.encoded_len());
+        match session.on_response(a, answer, NOW).unwrap() {
+            Step::Send(next) => request = next,
+            Step::Done(outcome) => return (outcome, largest),
+        }
+    }
+}
+
+#[test]
+fn large_entries_are_paged_so_no_message_passes_the_budget() {
+    // Forty legal entries of about 0.5 MB (21 MB in all): v1 sent them in
+    // one message, over the 16 MiB a server accepts.
+    let b = owned("b", Limits::default());
+    b.apply((0..40).map(|i| big_entry(i, 256)).collect())
+        .unwrap();
+    let a = owned("a", Limits::default());
+    let config = SyncConfig::default();
+    let (outcome, largest) = sync(&a, &b, config);
+    assert!(outcome.complete, "{outcome:?}");
+    assert_eq!(outcome.received, 41);
+    assert!(outcome.requests > 3, "{outcome:?}");
+    assert!(
+        largest <= config.max_message_bytes + 600 * 1024,
+        "largest message {largest} bytes"
+    );
+    assert_eq!(a.digest(), b.digest());
+
+    // The answer to a reference node is bounded too.
+    let full = respond(&b, SyncRequest::Full, &config, NOW)
+        .unwrap()
+        .response;
+    assert!(full.encoded_len() <= config.max_full_bytes + 600 * 1024);
+    let SyncResponse::Full(entries) = full else {
+        panic!("not a full answer")
+    };
+    assert_eq!(entries[0].id().as_str(), "b", "its own entry comes first");
+}
+
+#[test]
+fn a_topology_past_the_want_limit_is_paged_not_refused() {
+    // v1: past `max_delta_entries` IDs, one `want` was refused for ever.
+    let limits = Limits {
+        max_delta_entries: 100,
+        ..Limits::default()
+    };
+    let b = owned("b", limits);
+    let entries: Vec<Entry> = (0..2500)
+        .map(|i| {
+            Entry::new(
+                NodeInfo::new(format!("n{i}"), "n", "127.0.0.1:3").unwrap(),
+                Stamp::new(NOW, 1),
+                NodeState::Alive,
+            )
+        })
+        .collect();
+    for chunk in entries.chunks(100) {
+        b.apply(chunk.to_vec()).unwrap();
+    }
+    let a = owned("a", limits);
+    let config = SyncConfig {
+        max_entries_per_message: 100,
+        ..SyncConfig::default()
+    };
+    let (outcome, _) = sync(&a, &b, config);
+    assert!(outcome.complete, "{outcome:?}");
+    assert_eq!(a.digest(), b.digest());
+    assert!(outcome.requests >= 25, "{outcome:?}");
+
+    // A session stops at its request bound; the next one goes on.
+    let c = owned("c", limits);
+    let short = SyncConfig {
+        max_requests: 5,
+        ..config
+    };
+    let (first, _) = sync(&c, &b, short);
+    assert!(!first.complete);
+    let mut sessions = 1;
+    while c.digest() != b.digest() {
+        sessions += 1;
+        assert!(sessions < 40, "no progress");
+        sync(&c, &b, short);
+    }
+}
+
+#[test]
+fn a_refused_push_changes_nothing() {
+    let b = owned("b", Limits::default());
+    let before = b.digest();
+    let good = Entry::new(
+        NodeInfo::new("fine", "f", "127.0.0.1:4").unwrap(),
+        Stamp::new(NOW, 1),
+        NodeState::Alive,
+    );
+    let forged = Entry::new(
+        NodeInfo::new("late", "l", "127.0.0.1:5").unwrap(),
+        Stamp::new(u64::MAX, u64::MAX),
+        NodeState::Alive,
+    );
+    let err = respond(
+        &b,
+        SyncRequest::Delta {
+            push: vec![good, forged],
+            want: vec![NodeId::new("b").unwrap()],
+        },
+        &SyncConfig::default(),
+        NOW,
+    )
+    .unwrap_err();
+    assert!(matches!(err, SyncError::StampTooHigh { .. }), "{err}");
+    assert!(err.to_string().contains("late"), "{err}");
+    assert_eq!(b.digest(), before);
+    assert!(b.get_node("fine").is_none());
+}
+
+#[test]
+fn an_answer_out_of_turn_is_an_error_not_a_panic() {
+    let a = owned("a", Limits::default());
+    let (mut session, _) = SyncSession::start(&a, SyncConfig::default());
+    let err = session
+        .on_response(&a, SyncResponse::BucketDigests(vec![]), NOW)
+        .map(|_| ());
+    // 0 bucket digests: nothing differs that can be asked for.
+    assert!(err.is_ok());
+    let (mut session, _) = SyncSession::start(&a, SyncConfig::default());
+    session.on_response(&a, SyncResponse::InSync, NOW).unwrap();
+    assert!(matches!(
+        session.on_response(&a, SyncResponse::InSync, NOW),
+        Err(SyncError::Unexpected { .. })
+    ));
+}
+
+#[test]
+fn sessions_report_their_mode() {
+    let a = owned("a", Limits::default());
+    let b = owned("b", Limits::default());
+    assert_eq!(sync(&a, &b, SyncConfig::default()).0.mode, SyncMode::Delta);
+    assert_eq!(sync(&a, &b, SyncConfig::default()).0.mode, SyncMode::InSync);
+}
+
+fn liveness_setup() -> (Topology, Liveness, NodeId) {
+    let t = owned("me", Limits::default());
+    let x = NodeId::new("x").unwrap();
+    t.apply(vec![Entry::new(
+        NodeInfo::new("x", "x", "127.0.0.1:6").unwrap(),
+        Stamp::new(NOW, 1),
+        NodeState::Alive,
+    )])
+    .unwrap();
+    let l = Liveness::new(NodeId::new("me").unwrap(), LivenessConfig::default());
+    (t, l, x)
+}
+
+#[test]
+fn a_state_change_is_reported_once_and_dead_members_are_probed_with_back_off() {
+    let (t, mut l, x) = liveness_setup();
+    let mut rng = Rng::new(1);
+    let mut now = NOW;
+    let mut reports = Vec::new();
+    let mut probed_at = Vec::new();
+    // Ten simulated minutes of rounds every 300 ms, x never answering.
+    while now < NOW + 600_000 {
+        for id in l.probes(&t, now, &mut rng) {
+            assert_eq!(id, x);
+            probed_at.push(now);
+            reports.extend(l.on_probe(&t, &id, false, now));
+        }
+        now += 300;
+    }
+    assert_eq!(
+        reports,
+        vec![
+            Transition::Suspect {
+                id: x.clone(),
+                missed: 2
+            },
+            Transition::Dead { id: x, missed: 4 },
+        ]
+    );
+    assert_eq!(t.state_of("x"), Some(NodeState::Dead));
+    // Back-off: 2,000 rounds, but far fewer probes, the gaps growing to
+    // the cap.
+    assert!(probed_at.len() < 30, "{} probes", probed_at.len());
+    let gaps: Vec<u64> = probed_at.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(gaps.windows(2).all(|g| g[1] >= g[0]), "{gaps:?}");
+    assert!(*gaps.last().unwrap() >= 60_000, "{gaps:?}");
+}
+
+#[test]
+fn a_refutation_resets_the_miss_count() {
+    let (t, mut l, x) = liveness_setup();
+    assert_eq!(l.on_probe(&t, &x, false, NOW), None);
+    assert!(matches!(
+        l.on_probe(&t, &x, false, NOW),
+        Some(Transition::Suspect { .. })
+    ));
+    // x refutes: a new stamp. One more miss must not make it dead at once.
+    t.apply(vec![Entry::new(
+        NodeInfo::new("x", "x", "127.0.0.1:6").unwrap(),
+        Stamp::new(NOW, 2),
+        NodeState::Alive,
+    )])
+    .unwrap();
+    assert_eq!(l.on_probe(&t, &x, false, NOW), None);
+    assert_eq!(
+        l.on_probe(&t, &x, false, NOW),
+        Some(Transition::Suspect {
+            id: x.clone(),
+            missed: 2
+        })
+    );
+    assert_eq!(t.state_of("x"), Some(NodeState::Suspect));
+}
+
+#[test]
+fn housekeeping_purges_the_departed_after_their_retention() {
+    let (t, l, _) = liveness_setup();
+    t.mark("x", NodeState::Dead).unwrap();
+    let now = t.now();
+    assert_eq!(l.housekeeping(&t, now), (0, 0));
+    let later = now + l.config().dead_retention + Duration::from_secs(1);
+    assert_eq!(l.housekeeping(&t, later), (0, 1));
+    assert!(t.get_entry("x").is_none());
+}

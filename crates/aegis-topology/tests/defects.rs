@@ -1,0 +1,102 @@
+//! Defects found by adversarial testing of v1, each pinned by a test that
+//! failed on the code that had it.
+
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, SystemTime};
+
+use aegis_topology::{Entry, NodeInfo, NodeState, ServiceInfo, Stamp, Topology};
+
+fn node(id: &str) -> NodeInfo {
+    NodeInfo::new(id, id, "127.0.0.1:1")
+        .unwrap()
+        .with_services([ServiceInfo::new("svc", "v1")])
+}
+
+/// Publish race: a reader that sees the version of a write must see the
+/// provider lists of that write, never older ones. v1 stored the version
+/// first and rebuilt the lists after, so a reader (the pool) could stamp
+/// stale lists with the new version and serve them until the next change.
+#[test]
+fn a_reader_never_sees_a_new_version_with_older_provider_lists() {
+    let services: Vec<ServiceInfo> = (0..201)
+        .map(|i| ServiceInfo::new(format!("svc-{i}"), "v1"))
+        .collect();
+    let mut stale_trials = 0;
+    for _ in 0..30 {
+        let t = Topology::new();
+        t.add_node(
+            NodeInfo::new("big", "big", "127.0.0.1:1")
+                .unwrap()
+                .with_services(services.clone()),
+        )
+        .unwrap();
+        let removed_at = t.version() + 1;
+        let ready = Arc::new(Barrier::new(2));
+        let reader = {
+            let (t, ready) = (t.clone(), Arc::clone(&ready));
+            std::thread::spawn(move || {
+                ready.wait();
+                while t.version() < removed_at {
+                    std::hint::spin_loop();
+                }
+                (0..201)
+                    .filter(|i| {
+                        !t.get_service_providers(&format!("svc-{i}"), "v1")
+                            .is_empty()
+                    })
+                    .count()
+            })
+        };
+        ready.wait();
+        t.remove_node("big").unwrap();
+        if reader.join().unwrap() > 0 {
+            stale_trials += 1;
+        }
+    }
+    assert_eq!(
+        stale_trials, 0,
+        "a reader saw the removal's version with lists that still held the node"
+    );
+}
+
+/// Ghosts: after a tombstone is purged, a node that still holds the old
+/// alive entry must not bring the departed node back.
+#[test]
+fn a_purged_node_does_not_come_back_at_an_older_stamp() {
+    let a = Topology::new();
+    let b = Topology::new();
+    a.add_node(node("x")).unwrap();
+    b.apply(a.entries()).unwrap();
+    let stale = b.get_entry("x").unwrap();
+    a.remove_node("x").unwrap();
+    assert_eq!(
+        a.purge_tombstones(SystemTime::now() + Duration::from_secs(1)),
+        1
+    );
+
+    // b never saw the tombstone and pushes its old alive copy.
+    let report = a.apply(vec![stale.clone()]).unwrap();
+    assert!(report.changed.is_empty(), "{report:?}");
+    assert!(a.get_node("x").is_none());
+    assert!(a.get_service_providers("svc", "v1").is_empty());
+    // Nor does a ask for it when comparing; it tells b why x went instead.
+    let plan = a.compare(&b.entry_digests());
+    assert!(!plan.want.iter().any(|id| id == "x"));
+    assert!(
+        plan.send
+            .iter()
+            .any(|e| e.id() == "x" && e.state == NodeState::Left),
+        "{plan:?}"
+    );
+    b.apply(plan.send).unwrap();
+    assert!(b.get_node("x").is_none());
+
+    // A newer entry (the node restarted) is welcome.
+    let back = Entry::new(
+        stale.info.as_ref().clone(),
+        Stamp::new(stale.stamp.generation + 1, 1),
+        NodeState::Alive,
+    );
+    a.apply(vec![back]).unwrap();
+    assert!(a.get_node("x").is_some());
+}
