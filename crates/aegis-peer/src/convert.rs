@@ -334,6 +334,21 @@ mod tests {
     }
 
     #[test]
+    fn version_zero_is_a_stamp_not_a_reference_node() {
+        // A refutation that rolled into a new generation has version 0; v1
+        // read it off the wire as a reference node's (0, updated_at), so it
+        // never reached anyone and the digests never matched again.
+        let info = NodeInfo {
+            updated_at: 1_700_000_000,
+            ..NodeInfo::new("n1", "one", "127.0.0.1:1").unwrap()
+        };
+        for stamp in [Stamp::new(8, 0), Stamp::new(0, 0), Stamp::new(0, 1)] {
+            let e = Entry::new(info.clone(), stamp, NodeState::Alive);
+            assert_eq!(entry_from_wire(entry_to_wire(&e)).unwrap().stamp, stamp);
+        }
+    }
+
+    #[test]
     fn reference_nodes_get_a_stamp_from_updated_at() {
         let n = pb::TopologyNode {
             id: "go-1".into(),

@@ -64,13 +64,36 @@ pub async fn start_node(mesh: &Mesh, id: &str) -> Node {
     start_node_with(mesh, id, |s| s).await
 }
 
+/// A node whose topology takes at most `max_delta_entries` entries (and
+/// wanted IDs) per request.
+pub async fn start_node_limited(mesh: &Mesh, id: &str, max_delta_entries: usize) -> Node {
+    let topology = Topology::with_config(TopologyConfig {
+        local_id: Some(NodeId::new(id).unwrap()),
+        generation: 1,
+        limits: aegis_topology::Limits {
+            max_delta_entries,
+            ..aegis_topology::Limits::default()
+        },
+        ..TopologyConfig::default()
+    });
+    start_node_on(mesh, id, topology, |s| s).await
+}
+
 pub async fn start_node_with(
     mesh: &Mesh,
     id: &str,
     f: impl FnOnce(MeshServer) -> MeshServer,
 ) -> Node {
+    start_node_on(mesh, id, topology_for(id), f).await
+}
+
+pub async fn start_node_on(
+    mesh: &Mesh,
+    id: &str,
+    topology: Topology,
+    f: impl FnOnce(MeshServer) -> MeshServer,
+) -> Node {
     let tls = mesh.tls(id);
-    let topology = topology_for(id);
     let health = Health::new();
     let server = f(
         MeshServer::new(tls.clone(), topology.clone(), health.clone())

@@ -1,0 +1,322 @@
+//! Defects found by attacking live v1 nodes with a client that holds an
+//! ordinary mesh certificate; each test failed on the code that had it.
+
+mod support;
+
+use std::sync::Arc;
+
+use aegis_peer::proto::mesh as pb;
+use aegis_peer::proto::mesh::mesh_service_client::MeshServiceClient;
+use aegis_peer::proto::mesh::mesh_service_server::{MeshService, MeshServiceServer};
+use aegis_peer::{MeshServerConfig, PeerError, PeerInfo, serve_routes};
+use aegis_topology::{Entry, NodeInfo, NodeState, ServiceInfo, Stamp};
+use support::{Mesh, raw_channel, start_node};
+use tonic::{Code, Request, Response, Status};
+
+/// A client of `node-a`'s mesh service holding `tls`.
+fn mesh_client(
+    tls: &aegis_tls::TlsConfig,
+    server_id: &str,
+    address: &str,
+) -> MeshServiceClient<tonic::transport::Channel> {
+    let channel = aegis_peer::transport::mtls_channel(
+        tls,
+        &aegis_tls::NodeId::new(server_id).unwrap(),
+        address,
+        &aegis_peer::transport::ChannelOptions::default(),
+    )
+    .unwrap();
+    MeshServiceClient::new(channel).max_decoding_message_size(64 * 1024 * 1024)
+}
+
+fn wire_node(id: &str) -> pb::TopologyNode {
+    pb::TopologyNode {
+        id: id.into(),
+        name: id.into(),
+        r#type: "generic".into(),
+        address: "127.0.0.1:9".into(),
+        joined_at: 1_700_000_000,
+        updated_at: 1_700_000_000,
+        ..Default::default()
+    }
+}
+
+/// A refused request changes nothing: v1 stored the push of a request
+/// whose `want` it then refused.
+#[tokio::test]
+async fn a_push_with_an_invalid_want_is_refused_whole() {
+    let mesh = Mesh::new();
+    let a = start_node(&mesh, "node-a").await;
+    let mut client = mesh_client(&mesh.tls("node-b"), "node-a", &a.address());
+    let err = client
+        .sync_topology(pb::TopologySyncRequest {
+            sender_id: "node-b".into(),
+            delta: true,
+            push: vec![wire_node("fresh")],
+            want: vec!["../etc/passwd".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("want"), "{}", err.message());
+    assert!(
+        a.topology.get_node("fresh").is_none(),
+        "the push was stored"
+    );
+}
+
+/// Large entries: v1 answered with every entry in one message, over the
+/// 16 MiB limit, so syncs and `GetTopology` failed for everyone.
+#[tokio::test]
+async fn forty_half_megabyte_entries_still_sync_and_get_topology_answers() {
+    let mesh = Mesh::new();
+    let a = start_node(&mesh, "node-a").await;
+    let b = start_node(&mesh, "node-b").await;
+    let big: Vec<Entry> = (0..40)
+        .map(|i| {
+            let info = NodeInfo::new(format!("big-{i}"), "x".repeat(1000), "127.0.0.1:9")
+                .unwrap()
+                .with_services(
+                    (0..256).map(|s| ServiceInfo::new(format!("{s:0>1000}"), "v".repeat(1000))),
+                );
+            Entry::new(info, Stamp::new(1, 1), NodeState::Alive)
+        })
+        .collect();
+    a.topology.apply(big).unwrap();
+    b.add_peer(&a);
+    let report = b.peers.sync_topology("node-a").await.unwrap();
+    assert!(report.complete, "{report:?}");
+    assert_eq!(b.topology.digest(), a.topology.digest());
+
+    let mut client = mesh_client(&b.tls, "node-a", &a.address());
+    let all = client
+        .get_topology(pb::GetTopologyRequest {
+            sender_id: "node-b".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!all.nodes.is_empty());
+    assert_eq!(all.nodes[0].id, "node-a", "its own entry comes first");
+}
+
+/// More IDs than a responder takes at once: v1 refused the `want` for
+/// ever, so a node joining a large mesh never joined.
+#[tokio::test]
+async fn a_topology_past_the_responders_delta_limit_is_synced_in_pages() {
+    let mesh = Mesh::new();
+    let a = support::start_node_limited(&mesh, "node-a", 200).await;
+    let b = start_node(&mesh, "node-b").await;
+    let entries: Vec<Entry> = (0..1000)
+        .map(|i| {
+            Entry::new(
+                NodeInfo::new(format!("n{i}"), "n", "127.0.0.1:9").unwrap(),
+                Stamp::new(1, 1),
+                NodeState::Alive,
+            )
+        })
+        .collect();
+    for chunk in entries.chunks(200) {
+        a.topology.apply(chunk.to_vec()).unwrap();
+    }
+    b.add_peer(&a);
+    let report = b.peers.sync_topology("node-a").await.unwrap();
+    assert!(report.complete, "{report:?}");
+    assert_eq!(b.topology.node_count(), 1002);
+}
+
+struct Liar;
+
+#[tonic::async_trait]
+impl MeshService for Liar {
+    async fn ping(
+        &self,
+        _: Request<pb::PingRequest>,
+    ) -> Result<Response<pb::PingResponse>, Status> {
+        Ok(Response::new(pb::PingResponse {
+            receiver_id: "node-z".into(),
+            timestamp: 1,
+            success: true,
+        }))
+    }
+    async fn get_health(
+        &self,
+        _: Request<pb::HealthRequest>,
+    ) -> Result<Response<pb::HealthResponse>, Status> {
+        Err(Status::unimplemented(""))
+    }
+    async fn get_node_info(
+        &self,
+        _: Request<pb::NodeInfoRequest>,
+    ) -> Result<Response<pb::NodeInfoResponse>, Status> {
+        Err(Status::unimplemented(""))
+    }
+    async fn sync_topology(
+        &self,
+        _: Request<pb::TopologySyncRequest>,
+    ) -> Result<Response<pb::TopologySyncResponse>, Status> {
+        Err(Status::unimplemented(""))
+    }
+    async fn get_topology(
+        &self,
+        _: Request<pb::GetTopologyRequest>,
+    ) -> Result<Response<pb::GetTopologyResponse>, Status> {
+        Err(Status::unimplemented(""))
+    }
+}
+
+/// Identity by case: an ID has one canonical form, and a peer's answer is
+/// checked against the ID that was dialled.
+#[tokio::test]
+async fn ids_are_one_form_and_an_answer_must_name_the_node_dialled() {
+    let mesh = Mesh::new();
+    let upper = start_node(&mesh, "upper").await;
+    let client = start_node(&mesh, "client").await;
+    // `UPPER` is `upper`: one peer, not a second node that answers as it.
+    client
+        .peers
+        .add_peer(PeerInfo::new("UPPER", upper.address()).unwrap())
+        .unwrap();
+    assert!(client.peers.get_peer("upper").is_some());
+    let pong = client.peers.ping_peer("upper").await.unwrap();
+    assert_eq!(pong.receiver_id, "upper");
+
+    // A server with node-a's certificate that answers as another node.
+    let liar = serve_routes(
+        &mesh.tls("node-a"),
+        "127.0.0.1:0",
+        tonic::service::Routes::new(MeshServiceServer::new(Liar)),
+        MeshServerConfig::default(),
+    )
+    .await
+    .unwrap();
+    client
+        .peers
+        .add_peer(PeerInfo::new("node-a", liar.local_addr().to_string()).unwrap())
+        .unwrap();
+    let err = client.peers.ping_peer("node-a").await.unwrap_err();
+    assert!(matches!(err, PeerError::BadResponse { .. }), "{err}");
+    assert!(err.to_string().contains("node-z"), "{err}");
+}
+
+/// A client certificate from the mesh CA whose CN is `cn` (or none).
+fn client_with_cn(mesh: &Mesh, cn: Option<&str>) -> Arc<rustls::ClientConfig> {
+    let roots = mesh.tls("anchor").root_store();
+    let ca_cert = std::fs::read_to_string(mesh.dir.path().join("ca-cert.pem")).unwrap();
+    let ca_key = std::fs::read_to_string(mesh.dir.path().join("ca-key.pem")).unwrap();
+    let issuer =
+        rcgen::Issuer::from_ca_cert_pem(&ca_cert, rcgen::KeyPair::from_pem(&ca_key).unwrap())
+            .unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    if let Some(cn) = cn {
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+    }
+    params.extended_key_usages = vec![
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+    ];
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let key_der = rustls::pki_types::PrivatePkcs8KeyDer::from(key.serialize_der());
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_client_auth_cert(vec![cert.der().clone()], key_der.into())
+    .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Arc::new(config)
+}
+
+/// Callers are checked: mesh RPCs need a certificate that names a valid
+/// node ID, and a claimed sender must be the caller.
+#[tokio::test]
+async fn mesh_rpcs_come_only_from_members_speaking_for_themselves() {
+    let mesh = Mesh::new();
+    let a = start_node(&mesh, "node-a").await;
+    let before = a.topology.digest();
+    for cn in [Some("../x"), Some("UPPER CASE"), None] {
+        let channel = raw_channel(client_with_cn(&mesh, cn), "node-a", &a.address());
+        let mut client = MeshServiceClient::new(channel);
+        let ping = client
+            .ping(pb::PingRequest {
+                sender_id: String::new(),
+                timestamp: 0,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(ping.code(), Code::Unauthenticated, "{cn:?}: {ping:?}");
+        let push = client
+            .sync_topology(pb::TopologySyncRequest {
+                sender_id: "node-q".into(),
+                delta: true,
+                push: vec![wire_node("node-q")],
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(push.code(), Code::Unauthenticated, "{cn:?}: {push:?}");
+    }
+    assert_eq!(a.topology.digest(), before, "a push got through");
+
+    // A member speaking for another member.
+    let mut client = mesh_client(&mesh.tls("node-b"), "node-a", &a.address());
+    let err = client
+        .sync_topology(pb::TopologySyncRequest {
+            sender_id: "node-c".into(),
+            delta: true,
+            push: vec![wire_node("node-c")],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains("node-b"), "{}", err.message());
+    assert!(a.topology.get_node("node-c").is_none());
+    // Speaking for itself, it is heard.
+    client
+        .sync_topology(pb::TopologySyncRequest {
+            sender_id: "node-b".into(),
+            delta: true,
+            push: vec![wire_node("node-b")],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(a.topology.get_node("node-b").is_some());
+}
+
+/// Stamps: v1 accepted a forged claim at the very last stamp, which its
+/// owner could never rise above. Claims beyond the clock-skew bound are
+/// refused, so every claim that is accepted can be refuted.
+#[tokio::test]
+async fn a_claim_no_owner_could_refute_is_refused() {
+    let mesh = Mesh::new();
+    let a = start_node(&mesh, "node-a").await;
+    let held = a.topology.get_entry("node-a").unwrap();
+    let mut client = mesh_client(&mesh.tls("node-b"), "node-a", &a.address());
+    let forged = pb::TopologyNode {
+        generation: Some(u64::MAX),
+        stamp_version: Some(u64::MAX),
+        state: pb::NodeState::Dead as i32,
+        ..wire_node("node-a")
+    };
+    let err = client
+        .sync_topology(pb::TopologySyncRequest {
+            sender_id: "node-b".into(),
+            delta: true,
+            push: vec![forged],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("stamp"), "{}", err.message());
+    assert_eq!(a.topology.get_entry("node-a").unwrap(), held);
+}
