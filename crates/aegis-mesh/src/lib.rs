@@ -5,7 +5,8 @@
 //! requester's), the liveness decisions ([`Liveness`]: whom to probe, when
 //! a silent member becomes suspect or dead, when the departed are purged),
 //! and the bounds on what a peer may make a node hold. Time and randomness
-//! are inputs: every call that needs the time takes `now_ms` (Unix
+//! are inputs, and membership changes come out as events
+//! ([`MembershipView`], [`MemberEvent`]): every call that needs the time takes `now_ms` (Unix
 //! milliseconds), and every random choice comes from a [`Rng`] the caller
 //! seeds. The gRPC server and client of `aegis-peer`, the facade's driver
 //! loop, and the gossip simulation in this crate's tests all call this one
@@ -20,12 +21,14 @@
 
 mod error;
 mod liveness;
+mod membership;
 mod message;
 mod rng;
 mod sync;
 
 pub use error::SyncError;
 pub use liveness::{Liveness, LivenessConfig, Transition};
+pub use membership::{Member, MemberEvent, MembershipView};
 pub use message::{SyncRequest, SyncResponse};
 pub use rng::Rng;
 pub use sync::{

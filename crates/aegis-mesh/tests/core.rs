@@ -264,3 +264,33 @@ fn housekeeping_purges_the_departed_after_their_retention() {
     assert_eq!(l.housekeeping(&t, later), (0, 1));
     assert!(t.get_entry("x").is_none());
 }
+
+#[test]
+fn membership_events_follow_the_topology() {
+    use aegis_mesh::{MemberEvent, MembershipView};
+    let (t, _, _) = liveness_setup();
+    let mut view = MembershipView::default();
+    let first = view.refresh(&t);
+    assert_eq!(first.len(), 2, "{first:?}");
+    assert!(first.iter().all(|e| matches!(e, MemberEvent::Up(_))));
+    assert!(view.refresh(&t).is_empty(), "no change, no event");
+
+    t.mark("x", NodeState::Suspect).unwrap();
+    assert!(
+        matches!(&view.refresh(&t)[..], [MemberEvent::Updated(m)] if m.state == NodeState::Suspect)
+    );
+    t.mark("x", NodeState::Dead).unwrap();
+    assert!(matches!(&view.refresh(&t)[..], [MemberEvent::Down(_)]));
+    // Purged while dead: nothing more to say.
+    t.purge_dead(t.now() + Duration::from_secs(1));
+    assert!(view.refresh(&t).is_empty());
+    // It refutes: up again.
+    t.apply(vec![Entry::new(
+        NodeInfo::new("x", "x", "127.0.0.1:6").unwrap(),
+        Stamp::new(NOW, 9),
+        NodeState::Alive,
+    )])
+    .unwrap();
+    assert!(matches!(&view.refresh(&t)[..], [MemberEvent::Up(_)]));
+    assert_eq!(view.members().count(), 2);
+}

@@ -331,7 +331,11 @@ struct Shared {
     version: std::sync::atomic::AtomicU64,
     empty: Providers,
     config: TopologyConfig,
+    /// Called after every change (see [`Topology::on_change`]).
+    listeners: RwLock<Vec<Listener>>,
 }
+
+type Listener = Arc<dyn Fn(u64) + Send + Sync>;
 
 /// The mesh's shared view: who is in it, where, offering what.
 ///
@@ -397,7 +401,34 @@ impl Topology {
                 version: std::sync::atomic::AtomicU64::new(0),
                 empty: Providers(Arc::from(Vec::new())),
                 config,
+                listeners: RwLock::new(Vec::new()),
             }),
+        }
+    }
+
+    /// Calls `listener` with the new [`Topology::version`] after every
+    /// change, once the change is visible to readers. It runs on the
+    /// writer's thread while writes wait, so it must be quick and must not
+    /// write to this topology: signal a task (a `Notify`, a `watch`) and do
+    /// the work there. This is how membership events are driven without
+    /// polling.
+    pub fn on_change(&self, listener: impl Fn(u64) + Send + Sync + 'static) {
+        self.shared
+            .listeners
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Arc::new(listener));
+    }
+
+    fn changed(&self, version: u64) {
+        let listeners = self
+            .shared
+            .listeners
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        for listener in listeners {
+            listener(version);
         }
     }
 
@@ -470,20 +501,24 @@ impl Topology {
                 })
                 .collect()
         };
-        let mut state = self.write();
-        for (name, snap) in fresh {
-            match snap {
-                Some(p) => {
-                    state.published.insert(name, p);
-                }
-                None => {
-                    state.published.remove(&name);
+        let version = {
+            let mut state = self.write();
+            for (name, snap) in fresh {
+                match snap {
+                    Some(p) => {
+                        state.published.insert(name, p);
+                    }
+                    None => {
+                        state.published.remove(&name);
+                    }
                 }
             }
-        }
-        self.shared
-            .version
-            .store(state.version, std::sync::atomic::Ordering::Release);
+            self.shared
+                .version
+                .store(state.version, std::sync::atomic::Ordering::Release);
+            state.version
+        };
+        self.changed(version);
     }
 
     fn check(&self, info: &NodeInfo) -> Result<(), TopologyError> {
@@ -747,12 +782,16 @@ impl Topology {
                 state.forgotten.remove(&id);
             }
         }
-        if !old.is_empty() {
-            state.version += 1;
-            self.shared
-                .version
-                .store(state.version, std::sync::atomic::Ordering::Release);
+        if old.is_empty() {
+            return 0;
         }
+        state.version += 1;
+        let version = state.version;
+        self.shared
+            .version
+            .store(version, std::sync::atomic::Ordering::Release);
+        drop(state);
+        self.changed(version);
         old.len()
     }
 

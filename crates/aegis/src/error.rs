@@ -30,6 +30,22 @@ pub enum Error {
     /// The node was shut down.
     #[error("node {0} is shut down")]
     ShutDown(String),
+    /// Fewer providers than asked for were known when the wait ended.
+    #[error(
+        "{found} of the {wanted} providers of {name} {version} wanted were known after {after:?}"
+    )]
+    NotEnoughProviders {
+        /// The service name.
+        name: String,
+        /// The service version.
+        version: String,
+        /// How many were wanted.
+        wanted: usize,
+        /// How many were known.
+        found: usize,
+        /// How long the wait was.
+        after: std::time::Duration,
+    },
     /// A health check failed.
     #[error("health check {checker} failed: {reason}")]
     HealthCheck {

@@ -90,10 +90,14 @@ pub use aegis_topology::{NodeId, NodeInfo, NodeState, NodeType, ServiceInfo, Top
 #[cfg(feature = "node")]
 mod error;
 #[cfg(feature = "node")]
+mod membership;
+#[cfg(feature = "node")]
 mod mesh;
 #[cfg(feature = "node")]
 mod node;
 
+#[cfg(feature = "node")]
+pub use aegis_mesh::{LivenessConfig, Member, MemberEvent, SyncConfig};
 #[cfg(feature = "node")]
 pub use error::Error;
 #[cfg(feature = "node")]

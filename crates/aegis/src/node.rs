@@ -17,7 +17,10 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::service::RoutesBuilder;
 
+use crate::membership::Hub;
 use crate::{Error, MeshConfig, mesh};
+use aegis_mesh::{Member, MemberEvent};
+use aegis_topology::Providers;
 
 /// Builds a [`Node`]. Defaults: type `generic`, certificate directory
 /// `./certs`, the mesh loop on.
@@ -201,6 +204,8 @@ impl NodeBuilder {
             ..TopologyConfig::default()
         });
         topology.add_node(own)?;
+        let membership = Hub::new(&topology);
+        membership.ensure_running(&topology);
         let peers = Arc::new(
             PeerManager::new(id.clone(), Some(tls.clone()), topology.clone())
                 .with_config(self.peer_config),
@@ -216,6 +221,7 @@ impl NodeBuilder {
                 health: Health::new(),
                 peers,
                 pool: OnceLock::new(),
+                membership,
                 registrars: self.registrars,
                 mesh: self.mesh,
                 server_config: self.server_config,
@@ -253,6 +259,7 @@ pub(crate) struct NodeInner {
     health: Health,
     peers: Arc<PeerManager>,
     pool: OnceLock<ServiceClientPool>,
+    membership: Arc<Hub>,
     registrars: Vec<Registrar>,
     mesh: MeshConfig,
     server_config: MeshServerConfig,
@@ -353,6 +360,7 @@ impl Node {
             let advertised = format!("{host}:{}", bound.port());
             self.inner.update_own(|info| info.address = advertised)?;
         }
+        self.inner.membership.ensure_running(&self.inner.topology);
         let (stop, stop_rx) = watch::channel(false);
         let mesh = self.inner.mesh.enabled.then(|| {
             let driver = mesh::Driver {
@@ -575,6 +583,64 @@ impl Node {
     /// The node's health.
     pub fn health(&self) -> HealthInfo {
         self.inner.health.get()
+    }
+
+    /// Membership changes from now on: a member up (joined, restarted,
+    /// refuted its death), updated, down (dead or purged), or left. A
+    /// subscriber that falls more than 1,024 events behind gets
+    /// `RecvError::Lagged` and should read [`Node::members`] afresh.
+    ///
+    /// Must be called inside a Tokio runtime for events to flow (the node
+    /// starts the task that makes them on first use there).
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<MemberEvent> {
+        self.inner.membership.ensure_running(&self.inner.topology);
+        self.inner.membership.subscribe()
+    }
+
+    /// The members as last seen (tombstones included), and every change of
+    /// them: `borrow()` for the list, `changed().await` to wait for the next.
+    pub fn members(&self) -> watch::Receiver<Arc<[Member]>> {
+        self.inner.membership.ensure_running(&self.inner.topology);
+        self.inner.membership.watch()
+    }
+
+    /// Waits until at least `min` available providers of `name` at
+    /// `version` are known, and returns them; for "ready when the mesh
+    /// offers what I need", instead of a polling loop.
+    ///
+    /// # Errors
+    /// [`Error::NotEnoughProviders`] with how many were known when
+    /// `timeout` ran out.
+    pub async fn wait_for_providers(
+        &self,
+        name: &str,
+        version: &str,
+        min: usize,
+        timeout: Duration,
+    ) -> Result<Providers, Error> {
+        let mut changes = self.members();
+        let topology = &self.inner.topology;
+        let enough = async {
+            loop {
+                let providers = topology.get_service_providers(name, version);
+                if providers.len() >= min {
+                    return providers;
+                }
+                if changes.changed().await.is_err() {
+                    // The node is gone: nothing will change any more.
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        tokio::time::timeout(timeout, enough)
+            .await
+            .map_err(|_| Error::NotEnoughProviders {
+                name: name.to_owned(),
+                version: version.to_owned(),
+                wanted: min,
+                found: topology.get_service_providers(name, version).len(),
+                after: timeout,
+            })
     }
 
     /// The node's view of the mesh.
