@@ -7,11 +7,10 @@ use std::sync::Arc;
 
 use aegis_peer::proto::mesh as pb;
 use aegis_peer::proto::mesh::mesh_service_client::MeshServiceClient;
-use aegis_peer::proto::mesh::mesh_service_server::{MeshService, MeshServiceServer};
-use aegis_peer::{MeshServerConfig, PeerError, PeerInfo, serve_routes};
+use aegis_peer::{PeerError, PeerInfo};
 use aegis_topology::{Entry, NodeInfo, NodeState, ServiceInfo, Stamp};
 use support::{Mesh, raw_channel, start_node};
-use tonic::{Code, Request, Response, Status};
+use tonic::Code;
 
 /// A client of `node-a`'s mesh service holding `tls`.
 fn mesh_client(
@@ -126,46 +125,6 @@ async fn a_topology_past_the_responders_delta_limit_is_synced_in_pages() {
     assert_eq!(b.topology.node_count(), 1002);
 }
 
-struct Liar;
-
-#[tonic::async_trait]
-impl MeshService for Liar {
-    async fn ping(
-        &self,
-        _: Request<pb::PingRequest>,
-    ) -> Result<Response<pb::PingResponse>, Status> {
-        Ok(Response::new(pb::PingResponse {
-            receiver_id: "node-z".into(),
-            timestamp: 1,
-            success: true,
-        }))
-    }
-    async fn get_health(
-        &self,
-        _: Request<pb::HealthRequest>,
-    ) -> Result<Response<pb::HealthResponse>, Status> {
-        Err(Status::unimplemented(""))
-    }
-    async fn get_node_info(
-        &self,
-        _: Request<pb::NodeInfoRequest>,
-    ) -> Result<Response<pb::NodeInfoResponse>, Status> {
-        Err(Status::unimplemented(""))
-    }
-    async fn sync_topology(
-        &self,
-        _: Request<pb::TopologySyncRequest>,
-    ) -> Result<Response<pb::TopologySyncResponse>, Status> {
-        Err(Status::unimplemented(""))
-    }
-    async fn get_topology(
-        &self,
-        _: Request<pb::GetTopologyRequest>,
-    ) -> Result<Response<pb::GetTopologyResponse>, Status> {
-        Err(Status::unimplemented(""))
-    }
-}
-
 /// Identity by case: an ID has one canonical form, and a peer's answer is
 /// checked against the ID that was dialled.
 #[tokio::test]
@@ -183,14 +142,7 @@ async fn ids_are_one_form_and_an_answer_must_name_the_node_dialled() {
     assert_eq!(pong.receiver_id, "upper");
 
     // A server with node-a's certificate that answers as another node.
-    let liar = serve_routes(
-        &mesh.tls("node-a"),
-        "127.0.0.1:0",
-        tonic::service::Routes::new(MeshServiceServer::new(Liar)),
-        MeshServerConfig::default(),
-    )
-    .await
-    .unwrap();
+    let liar = support::start_double(&mesh, "node-a", "node-z", vec![]).await;
     client
         .peers
         .add_peer(PeerInfo::new("node-a", liar.local_addr().to_string()).unwrap())

@@ -3,12 +3,9 @@
 
 mod support;
 
-use aegis_peer::proto::mesh as pb;
-use aegis_peer::proto::mesh::mesh_service_server::{MeshService, MeshServiceServer};
-use aegis_peer::{MeshServerConfig, PeerError, PeerInfo, SyncMode, serve_routes};
+use aegis_peer::{PeerError, PeerInfo, SyncMode};
 use aegis_topology::{Entry, NodeInfo, NodeState, ServiceInfo, Stamp};
-use support::{Mesh, start_node};
-use tonic::{Request, Response, Status};
+use support::{Mesh, go_node, start_node, start_reference};
 
 fn extra(i: usize) -> NodeInfo {
     NodeInfo::new(
@@ -112,93 +109,6 @@ async fn a_thousand_node_topology_moves_once_then_only_digests() {
         "{one_change} vs {all_digests}"
     );
     assert_eq!(a.topology.digest(), b.topology.digest());
-}
-
-/// A node of the reference implementation, as the wire sees it: it answers
-/// SyncTopology with its whole topology and no extension fields, whatever
-/// the request holds.
-struct ReferenceNode {
-    id: String,
-    nodes: Vec<pb::TopologyNode>,
-}
-
-#[tonic::async_trait]
-impl MeshService for ReferenceNode {
-    async fn ping(
-        &self,
-        _: Request<pb::PingRequest>,
-    ) -> Result<Response<pb::PingResponse>, Status> {
-        Ok(Response::new(pb::PingResponse {
-            receiver_id: self.id.clone(),
-            timestamp: 1,
-            success: true,
-        }))
-    }
-    async fn get_health(
-        &self,
-        _: Request<pb::HealthRequest>,
-    ) -> Result<Response<pb::HealthResponse>, Status> {
-        Err(Status::unimplemented("not needed"))
-    }
-    async fn get_node_info(
-        &self,
-        _: Request<pb::NodeInfoRequest>,
-    ) -> Result<Response<pb::NodeInfoResponse>, Status> {
-        Err(Status::unimplemented("not needed"))
-    }
-    async fn sync_topology(
-        &self,
-        _: Request<pb::TopologySyncRequest>,
-    ) -> Result<Response<pb::TopologySyncResponse>, Status> {
-        Ok(Response::new(pb::TopologySyncResponse {
-            version: 42,
-            nodes: self.nodes.clone(),
-            updated_at: 1_700_000_000,
-            ..Default::default()
-        }))
-    }
-    async fn get_topology(
-        &self,
-        _: Request<pb::GetTopologyRequest>,
-    ) -> Result<Response<pb::GetTopologyResponse>, Status> {
-        Err(Status::unimplemented("not needed"))
-    }
-}
-
-fn go_node(id: &str, address: &str, updated_at: i64) -> pb::TopologyNode {
-    pb::TopologyNode {
-        id: id.into(),
-        name: id.into(),
-        r#type: "generic".into(),
-        address: address.into(),
-        joined_at: updated_at,
-        updated_at,
-        services: vec![pb::Service {
-            name: "identity".into(),
-            version: "v1".into(),
-        }],
-        ..Default::default()
-    }
-}
-
-async fn start_reference(
-    mesh: &Mesh,
-    id: &str,
-    nodes: Vec<pb::TopologyNode>,
-) -> aegis_peer::ServerHandle {
-    let svc = MeshServiceServer::new(ReferenceNode {
-        id: id.into(),
-        nodes,
-    });
-    let routes = tonic::service::Routes::new(svc);
-    serve_routes(
-        &mesh.tls(id),
-        "127.0.0.1:0",
-        routes,
-        MeshServerConfig::default(),
-    )
-    .await
-    .unwrap()
 }
 
 #[tokio::test]

@@ -1,17 +1,12 @@
 //! Defects of v1's facade, each pinned by a test that failed on the code
 //! that had it.
 
+mod support;
+use support::builder;
+
 use std::time::Duration;
 
-use aegis::{MeshConfig, Node, NodeState, PeerInfo, ServiceInfo};
-
-fn builder(dir: &std::path::Path, id: &str) -> aegis::NodeBuilder {
-    Node::builder()
-        .with_id(id)
-        .with_name(id)
-        .with_address("127.0.0.1:0")
-        .with_cert_dir(dir)
-}
+use aegis::{MeshConfig, NodeState, PeerInfo, ServiceInfo};
 
 /// A rejected build leaves nothing on disk: v1 generated the certificates
 /// first and validated the topology fields after.

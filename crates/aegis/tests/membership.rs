@@ -1,17 +1,12 @@
 //! Membership events and waiting for providers, on real nodes.
 
+mod support;
+use support::builder;
+
 use std::time::Duration;
 
-use aegis::{Error, HealthStatus, MemberEvent, MeshConfig, Node, PeerInfo, ServiceInfo};
+use aegis::{Error, HealthStatus, MemberEvent, MeshConfig, PeerInfo, ServiceInfo};
 use tokio::sync::broadcast::Receiver;
-
-fn builder(dir: &std::path::Path, id: &str) -> aegis::NodeBuilder {
-    Node::builder()
-        .with_id(id)
-        .with_name(id)
-        .with_address("127.0.0.1:0")
-        .with_cert_dir(dir)
-}
 
 /// The next event about `id`, within a deadline.
 async fn next_about(rx: &mut Receiver<MemberEvent>, id: &str) -> MemberEvent {

@@ -1,16 +1,11 @@
 //! `Node` and `NodeBuilder`: validation, lifecycle, and a mesh that runs itself.
 
+mod support;
+use support::{builder, wait_until};
+
 use std::time::{Duration, Instant};
 
 use aegis::{Error, MeshConfig, Node, NodeState, PeerInfo, ServiceInfo};
-
-fn builder(dir: &std::path::Path, id: &str) -> aegis::NodeBuilder {
-    Node::builder()
-        .with_id(id)
-        .with_name(id)
-        .with_address("127.0.0.1:0")
-        .with_cert_dir(dir)
-}
 
 #[test]
 fn build_names_the_missing_or_invalid_field() {
@@ -125,15 +120,6 @@ async fn start_and_shutdown_in_a_loop_leaks_nothing() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     peer.shutdown().await.unwrap();
-}
-
-async fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    start.elapsed()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,11 +5,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use aegis_peer::proto::mesh as pb;
+use aegis_peer::proto::mesh::mesh_service_server::{MeshService, MeshServiceServer};
 use aegis_peer::proto::testing::echo_client::EchoClient;
 use aegis_peer::proto::testing::echo_server::{Echo, EchoServer};
 use aegis_peer::proto::testing::{SlowRequest, WhoAmIRequest, WhoAmIResponse};
 use aegis_peer::transport::{ChannelOptions, mtls_channel};
-use aegis_peer::{Health, MeshServer, PeerManager, Registrar, ServerHandle, caller_from_request};
+use aegis_peer::{
+    Health, MeshServer, MeshServerConfig, PeerManager, Registrar, ServerHandle,
+    caller_from_request, serve_routes,
+};
 use aegis_tls::TlsConfig;
 use aegis_topology::{NodeId, NodeInfo, Topology, TopologyConfig};
 use tonic::transport::Channel;
@@ -184,4 +189,102 @@ pub async fn eventually(deadline: Duration, mut check: impl FnMut() -> bool) -> 
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// A node of the reference implementation, as the wire sees it: it answers
+/// SyncTopology with its whole topology and no extension fields, whatever
+/// the request holds.
+pub struct ReferenceNode {
+    id: String,
+    nodes: Vec<pb::TopologyNode>,
+}
+
+#[tonic::async_trait]
+impl MeshService for ReferenceNode {
+    async fn ping(
+        &self,
+        _: Request<pb::PingRequest>,
+    ) -> Result<Response<pb::PingResponse>, Status> {
+        Ok(Response::new(pb::PingResponse {
+            receiver_id: self.id.clone(),
+            timestamp: 1,
+            success: true,
+        }))
+    }
+    async fn get_health(
+        &self,
+        _: Request<pb::HealthRequest>,
+    ) -> Result<Response<pb::HealthResponse>, Status> {
+        Err(Status::unimplemented("not needed"))
+    }
+    async fn get_node_info(
+        &self,
+        _: Request<pb::NodeInfoRequest>,
+    ) -> Result<Response<pb::NodeInfoResponse>, Status> {
+        Err(Status::unimplemented("not needed"))
+    }
+    async fn sync_topology(
+        &self,
+        _: Request<pb::TopologySyncRequest>,
+    ) -> Result<Response<pb::TopologySyncResponse>, Status> {
+        Ok(Response::new(pb::TopologySyncResponse {
+            version: 42,
+            nodes: self.nodes.clone(),
+            updated_at: 1_700_000_000,
+            ..Default::default()
+        }))
+    }
+    async fn get_topology(
+        &self,
+        _: Request<pb::GetTopologyRequest>,
+    ) -> Result<Response<pb::GetTopologyResponse>, Status> {
+        Err(Status::unimplemented("not needed"))
+    }
+}
+
+pub fn go_node(id: &str, address: &str, updated_at: i64) -> pb::TopologyNode {
+    pb::TopologyNode {
+        id: id.into(),
+        name: id.into(),
+        r#type: "generic".into(),
+        address: address.into(),
+        joined_at: updated_at,
+        updated_at,
+        services: vec![pb::Service {
+            name: "identity".into(),
+            version: "v1".into(),
+        }],
+        ..Default::default()
+    }
+}
+
+pub async fn start_reference(
+    mesh: &Mesh,
+    id: &str,
+    nodes: Vec<pb::TopologyNode>,
+) -> aegis_peer::ServerHandle {
+    start_double(mesh, id, id, nodes).await
+}
+
+/// A reference-like node serving with `cert_id`'s certificate but
+/// answering pings as `answer_as` (a liar when the two differ).
+pub async fn start_double(
+    mesh: &Mesh,
+    cert_id: &str,
+    answer_as: &str,
+    nodes: Vec<pb::TopologyNode>,
+) -> aegis_peer::ServerHandle {
+    let svc = MeshServiceServer::new(ReferenceNode {
+        id: answer_as.into(),
+        nodes,
+    });
+    let routes = tonic::service::Routes::new(svc);
+    serve_routes(
+        &mesh.tls(cert_id),
+        "127.0.0.1:0",
+        routes,
+        MeshServerConfig::default(),
+    )
+    .await
+    .unwrap()
 }
