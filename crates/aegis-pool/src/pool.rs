@@ -101,10 +101,35 @@ struct Inner {
     /// One channel per provider, keyed by node ID (a provider that moved
     /// gets a new channel), shared by the routes of all its services.
     channels: RwLock<FastMap<NodeId, Arc<Provider>>>,
-    /// The topology version the channels were last checked against.
-    swept: AtomicU64,
     closed: AtomicBool,
     epoch: Instant,
+}
+
+impl Inner {
+    fn sweep(&self) {
+        let topology = &self.topology;
+        // Routes re-resolve on next use; their positions stay.
+        for route in write(&self.routes)
+            .values_mut()
+            .flat_map(|v| v.values_mut())
+        {
+            route.version = u64::MAX;
+            route.slots.clear();
+        }
+        let mut channels = write(&self.channels);
+        channels.retain(|id, p| {
+            let keep = topology
+                .state_of(id.as_str())
+                .is_some_and(|s| s.is_available())
+                && topology
+                    .get_node(id.as_str())
+                    .is_some_and(|n| n.address == p.address);
+            if !keep {
+                tracing::debug!(node_id = %id, "provider gone; channel dropped");
+            }
+            keep
+        });
+    }
 }
 
 /// Hands out channels to the providers of a service, round-robin.
@@ -140,18 +165,26 @@ impl ServiceClientPool {
 
     /// A pool with other dialling and back-off settings.
     pub fn with_config(topology: Topology, tls: Option<TlsConfig>, config: PoolConfig) -> Self {
-        Self {
-            inner: Arc::new(Inner {
-                swept: AtomicU64::new(topology.version()),
-                topology,
-                tls,
-                config,
-                routes: RwLock::new(FastMap::default()),
-                channels: RwLock::new(FastMap::default()),
-                closed: AtomicBool::new(false),
-                epoch: Instant::now(),
-            }),
-        }
+        let inner = Arc::new(Inner {
+            topology,
+            tls,
+            config,
+            routes: RwLock::new(FastMap::default()),
+            channels: RwLock::new(FastMap::default()),
+            closed: AtomicBool::new(false),
+            epoch: Instant::now(),
+        });
+        // Membership changes reach the pool as they happen: channels of
+        // providers that went are dropped at once, not on the next call.
+        // (Routes stay valid for exactly the topology version they were
+        // resolved at; checking that costs one atomic read per call.)
+        let weak = Arc::downgrade(&inner);
+        inner.topology.on_change(move |_| {
+            if let Some(inner) = weak.upgrade() {
+                inner.sweep();
+            }
+        });
+        Self { inner }
     }
 
     /// A channel to a live provider of exactly `name` at `version`, chosen
@@ -220,7 +253,6 @@ impl ServiceClientPool {
         version: &str,
         current: u64,
     ) -> Result<(), PoolError> {
-        self.sweep_if_changed();
         let providers = self.inner.topology.get_preferred_providers(name, version);
         let slots = providers
             .iter()
@@ -310,39 +342,11 @@ impl ServiceClientPool {
         u64::try_from(self.inner.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    fn sweep_if_changed(&self) {
-        let version = self.inner.topology.version();
-        if self.inner.swept.swap(version, Ordering::AcqRel) != version {
-            self.sweep();
-        }
-    }
-
     /// Drops the channels of providers that left the topology, died, or
-    /// moved. Runs by itself on the first `get_conn` after the topology
-    /// changes; a channel closes once no client made from it is left.
+    /// moved. Runs by itself whenever the topology changes; a channel
+    /// closes once no client made from it is left.
     pub fn sweep(&self) {
-        let topology = &self.inner.topology;
-        // Routes re-resolve on next use; their positions stay.
-        for route in write(&self.inner.routes)
-            .values_mut()
-            .flat_map(|v| v.values_mut())
-        {
-            route.version = u64::MAX;
-            route.slots.clear();
-        }
-        let mut channels = write(&self.inner.channels);
-        channels.retain(|id, p| {
-            let keep = topology
-                .state_of(id.as_str())
-                .is_some_and(|s| s.is_available())
-                && topology
-                    .get_node(id.as_str())
-                    .is_some_and(|n| n.address == p.address);
-            if !keep {
-                tracing::debug!(node_id = %id, "provider gone; channel dropped");
-            }
-            keep
-        });
+        self.inner.sweep();
     }
 
     /// How many provider channels the pool holds.

@@ -203,6 +203,32 @@ async fn a_removed_provider_is_never_chosen_and_its_channel_closes() {
 }
 
 #[tokio::test]
+async fn a_departed_provider_s_channel_closes_without_another_call() {
+    let f = Fixture::new();
+    let _a = f.provider("prov-a").await;
+    let b = f.provider("prov-b").await;
+    let pool = f.pool("consumer");
+    for _ in 0..4 {
+        call(&pool).await.unwrap();
+    }
+    assert_eq!(pool.channel_count(), 2);
+    // The pool hears of the change itself: no call is needed for it to let
+    // go of the channel, and the provider sees its connection end.
+    f.topology.remove_node("prov-b").unwrap();
+    assert_eq!(pool.channel_count(), 1);
+    let server = b.server.as_ref().unwrap();
+    let mut closed = false;
+    for _ in 0..300 {
+        if server.open_connections() == 0 {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(closed, "the departed provider's connection was not closed");
+}
+
+#[tokio::test]
 async fn a_killed_provider_is_set_aside_then_tried_again_when_back() {
     let f = Fixture::new();
     let _a = f.provider("prov-a").await;
