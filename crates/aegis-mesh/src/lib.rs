@@ -1,22 +1,43 @@
 //! The aegis mesh protocol as a sans-io state machine.
 //!
-//! This crate decides; it never does I/O. It owns the sync exchange
-//! ([`respond`] on the responder's side, [`SyncSession`] on the
-//! requester's), the liveness decisions ([`Liveness`]: whom to probe, when
-//! a silent member becomes suspect or dead, when the departed are purged),
-//! and the bounds on what a peer may make a node hold. Time and randomness
-//! are inputs, and membership changes come out as events
-//! ([`MembershipView`], [`MemberEvent`]): every call that needs the time takes `now_ms` (Unix
-//! milliseconds), and every random choice comes from a [`Rng`] the caller
-//! seeds. The gRPC server and client of `aegis-peer`, the facade's driver
-//! loop, and the gossip simulation in this crate's tests all call this one
-//! code, so a protocol change is made once and simulated as shipped.
+//! This crate decides; it never does I/O. It owns:
 //!
-//! No tokio, tonic or rustls here (CI checks the dependency tree).
+//! - the sync exchange: [`respond`] on the responder's side, [`SyncSession`]
+//!   on the requester's, with every message bounded ([`SyncConfig`]) and
+//!   every request checked whole before any of it is applied;
+//! - the liveness decisions ([`Liveness`]): whom to probe, when a silent
+//!   member becomes suspect or dead, when the departed are purged;
+//! - membership as events ([`MembershipView`], [`MemberEvent`]).
 //!
-//! # Scope
-//! The exchange moves [`aegis_topology`] entries; what an entry means and
-//! how two of them merge is the topology's business.
+//! Time and randomness are inputs: every call that needs the time takes
+//! `now_ms` (Unix milliseconds), and every random choice comes from an
+//! [`Rng`] the caller seeds. The gRPC server and client of `aegis-peer`,
+//! the facade's driver loop and the gossip simulation in this crate's tests
+//! all call this one code, so a protocol change is made once and simulated
+//! as shipped.
+//!
+//! No tokio, tonic or rustls here (CI checks the dependency tree). What an
+//! entry means and how two of them merge is [`aegis_topology`]'s business.
+//!
+//! ```
+//! use aegis_mesh::{Step, SyncConfig, SyncSession, respond};
+//! use aegis_topology::{NodeInfo, Topology};
+//!
+//! let (a, b) = (Topology::new(), Topology::new());
+//! b.add_node(NodeInfo::new("node-b", "b", "127.0.0.1:7002")?)?;
+//! let config = SyncConfig::default();
+//! let (mut session, mut request) = SyncSession::start(&a, config);
+//! loop {
+//!     // Here the request would cross the network; the answer comes back.
+//!     let answer = respond(&b, request, &config, 1_700_000_000_000)?.response;
+//!     match session.on_response(&a, answer, 1_700_000_000_000)? {
+//!         Step::Send(next) => request = next,
+//!         Step::Done(_) => break,
+//!     }
+//! }
+//! assert!(a.get_node("node-b").is_some());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 #![warn(missing_docs)]
 
 mod error;
