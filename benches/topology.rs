@@ -8,11 +8,18 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use aegis_benches::{mesh_entries, scan_providers};
-use aegis_topology::{Entry, Topology};
+use aegis_topology::{Entry, Limits, Topology, TopologyConfig};
 use criterion::{BatchSize, BenchmarkId, Criterion, criterion_group, criterion_main};
 
 fn topology_of(entries: &[Entry]) -> Topology {
-    let t = Topology::new();
+    // Room for the largest size measured (the default bound is 16,384).
+    let t = Topology::with_config(TopologyConfig {
+        limits: Limits {
+            max_members: 200_000,
+            ..Limits::default()
+        },
+        ..TopologyConfig::default()
+    });
     for chunk in entries.chunks(t.limits().max_delta_entries) {
         t.apply(chunk.to_vec()).unwrap_or_else(|e| panic!("{e}"));
     }
