@@ -1,7 +1,7 @@
 //! Liveness decisions: whom to probe, what a missed probe means, when the
 //! departed are purged. The driver pings and reports; this decides.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, SystemTime};
 
 use aegis_topology::{NodeId, NodeState, Stamp, Topology};
@@ -84,6 +84,8 @@ struct Track {
     backoff_ms: u64,
     /// The last state this node reported for the member.
     reported: Option<NodeState>,
+    /// Whether the member ever answered this node.
+    answered_once: bool,
 }
 
 /// The liveness state of one node: a miss count per member, and the
@@ -117,15 +119,21 @@ impl Liveness {
     /// Whom to probe this round: members that have not left, at most
     /// [`LivenessConfig::max_probes`] of them at random, dead members only
     /// when their back-off is over.
+    ///
+    /// Half the probes go to members that have answered this node before,
+    /// half to the others (a share one side does not use goes to the
+    /// other): so a flood of entries that never answer (a member can push
+    /// thousands) cannot crowd out the probes that find a real member dead.
     pub fn probes(&mut self, topology: &Topology, now_ms: u64, rng: &mut Rng) -> Vec<NodeId> {
         let entries = topology.entries();
-        self.tracks.retain(|id, _| {
-            entries
-                .iter()
-                .any(|e| e.id() == id && e.state != NodeState::Left)
-        });
-        let mut due: Vec<NodeId> = entries
-            .into_iter()
+        let present: HashSet<&NodeId> = entries
+            .iter()
+            .filter(|e| e.state != NodeState::Left)
+            .map(|e| e.id())
+            .collect();
+        self.tracks.retain(|id, _| present.contains(id));
+        let (mut known, mut unknown): (Vec<NodeId>, Vec<NodeId>) = entries
+            .iter()
             .filter(|e| e.state != NodeState::Left && *e.id() != self.local)
             .filter(|e| {
                 e.state != NodeState::Dead
@@ -135,10 +143,16 @@ impl Liveness {
                         .is_none_or(|t| t.next_probe_ms <= now_ms)
             })
             .map(|e| e.id().clone())
-            .collect();
-        let k = rng.choose(&mut due, self.config.max_probes.max(1));
-        due.truncate(k);
-        due
+            .partition(|id| self.tracks.get(id).is_some_and(|t| t.answered_once));
+        let max = self.config.max_probes.max(1);
+        let half = max.div_ceil(2);
+        let from_unknown = unknown.len().min(max - half.min(known.len()));
+        let from_known = known.len().min(max - from_unknown);
+        let k = rng.choose(&mut known, from_known);
+        known.truncate(k);
+        let k = rng.choose(&mut unknown, from_unknown);
+        known.extend(unknown.into_iter().take(k));
+        known
     }
 
     /// Takes the outcome of a probe; marks the topology when a threshold is
@@ -165,6 +179,7 @@ impl Liveness {
             }
         }
         if answered {
+            track.answered_once = true;
             track.misses = 0;
             track.backoff_ms = 0;
             track.next_probe_ms = 0;

@@ -294,3 +294,57 @@ fn membership_events_follow_the_topology() {
     assert!(matches!(&view.refresh(&t)[..], [MemberEvent::Up(_)]));
     assert_eq!(view.members().count(), 2);
 }
+
+/// v1 probed a random 32 of all members: with 10,000 pushed entries that
+/// never answer, a real member that died was probed once in about 300
+/// rounds, and not found dead within a minute anywhere.
+#[test]
+fn a_flood_of_silent_entries_does_not_hide_a_real_death() {
+    let t = owned("me", Limits::default());
+    let flood: Vec<Entry> = (0..10_000)
+        .map(|i| {
+            Entry::new(
+                NodeInfo::new(format!("bogus-{i}"), "b", "127.0.0.1:7").unwrap(),
+                Stamp::new(NOW, 1),
+                NodeState::Alive,
+            )
+        })
+        .collect();
+    let real: Vec<Entry> = (0..5)
+        .map(|i| {
+            Entry::new(
+                NodeInfo::new(format!("real-{i}"), "r", "127.0.0.1:8").unwrap(),
+                Stamp::new(NOW, 1),
+                NodeState::Alive,
+            )
+        })
+        .collect();
+    t.apply(real).unwrap();
+    let mut l = Liveness::new(NodeId::new("me").unwrap(), LivenessConfig::default());
+    let mut rng = Rng::new(7);
+    let mut now = NOW;
+    let mut round = |l: &mut Liveness, now: u64, dead_one: Option<&str>| {
+        for id in l.probes(&t, now, &mut rng) {
+            let answers = id.as_str().starts_with("real-") && Some(id.as_str()) != dead_one;
+            l.on_probe(&t, &id, answers, now);
+        }
+    };
+    // The real members answer once; then the flood arrives.
+    round(&mut l, now, None);
+    t.apply(flood).unwrap();
+    for _ in 0..5 {
+        now += 300;
+        round(&mut l, now, None);
+    }
+    // One real member dies: it is found dead within a few rounds.
+    let mut rounds = 0;
+    while t.state_of("real-3") != Some(NodeState::Dead) {
+        rounds += 1;
+        assert!(rounds <= 10, "not found dead within 10 rounds");
+        now += 300;
+        round(&mut l, now, Some("real-3"));
+    }
+    for i in [0, 1, 2, 4] {
+        assert_eq!(t.state_of(&format!("real-{i}")), Some(NodeState::Alive));
+    }
+}
