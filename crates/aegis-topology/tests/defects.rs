@@ -100,3 +100,20 @@ fn a_purged_node_does_not_come_back_at_an_older_stamp() {
     a.apply(vec![back]).unwrap();
     assert!(a.get_node("x").is_some());
 }
+
+/// The topology had no size bound: one member could make every node hold
+/// (and probe) any number of entries. A write past the bound is refused
+/// whole, naming the limit.
+#[test]
+fn a_flood_of_members_is_refused_whole_naming_the_limit() {
+    let t = Topology::new();
+    let flood: Vec<Entry> = (0..20_000)
+        .map(|i| Entry::new(node(&format!("m{i}")), Stamp::new(1, 1), NodeState::Alive))
+        .collect();
+    let err = match t.apply(flood) {
+        Ok(report) => panic!("{} members were taken", report.changed.len()),
+        Err(e) => e,
+    };
+    assert!(err.to_string().contains("max_members"), "{err}");
+    assert_eq!(t.node_count(), 0);
+}
