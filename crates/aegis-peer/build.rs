@@ -16,6 +16,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // Methods a server does not implement answer UNIMPLEMENTED, as a
+        // reference node does for this project's extension RPCs.
+        .generate_default_stubs(true)
         .compile_fds(fds)?;
     Ok(())
 }

@@ -30,6 +30,11 @@ pub struct LivenessConfig {
     /// How long a purged member is remembered, so that an old copy of it
     /// held by a partitioned node cannot bring it back.
     pub forget_after: Duration,
+    /// Members asked to probe a member whose direct probe failed, before a
+    /// miss is counted (0: count it at once). One bad link between this
+    /// node and a member, or this node being slow, then does not count
+    /// against the member.
+    pub indirect_checks: usize,
 }
 
 impl Default for LivenessConfig {
@@ -43,6 +48,7 @@ impl Default for LivenessConfig {
             dead_retention: Duration::from_secs(300),
             tombstone_retention: Duration::from_secs(600),
             forget_after: Duration::from_secs(24 * 3600),
+            indirect_checks: 3,
         }
     }
 }
@@ -153,6 +159,33 @@ impl Liveness {
         let k = rng.choose(&mut unknown, from_unknown);
         known.extend(unknown.into_iter().take(k));
         known
+    }
+
+    /// Whom to ask to probe `target` for this node after its own probe
+    /// failed: up to [`LivenessConfig::indirect_checks`] available members
+    /// that have answered this node before, at random (never the target or
+    /// this node). Report the outcome with [`Liveness::on_probe`]: answered
+    /// if any helper got an answer.
+    pub fn helpers(&self, topology: &Topology, target: &NodeId, rng: &mut Rng) -> Vec<NodeId> {
+        let mut candidates: Vec<NodeId> = self
+            .tracks
+            .iter()
+            .filter(|(id, t)| {
+                t.answered_once && t.misses == 0 && *id != target && **id != self.local
+            })
+            .filter(|(id, _)| {
+                topology
+                    .state_of(id.as_str())
+                    .is_some_and(|s| s == NodeState::Alive)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        // Hash-map order is not part of the input: sort, so that a seeded
+        // run chooses the same helpers every time.
+        candidates.sort();
+        let k = rng.choose(&mut candidates, self.config.indirect_checks);
+        candidates.truncate(k);
+        candidates
     }
 
     /// Takes the outcome of a probe; marks the topology when a threshold is

@@ -428,6 +428,40 @@ impl PeerManager {
         })
     }
 
+    /// Asks the peer `helper` to ping the member `target` for this node
+    /// (after this node's own ping to it failed); true if the target
+    /// answered the helper within `timeout`. A helper that does not speak
+    /// the extension (a reference node) counts as no help: false.
+    ///
+    /// # Errors
+    /// As [`PeerManager::ping_peer`], for the call to the helper.
+    pub async fn indirect_ping(
+        &self,
+        helper: &str,
+        target: &NodeId,
+        timeout: Duration,
+    ) -> Result<bool, PeerError> {
+        let peer = self.peer(helper)?;
+        let mut client = peer.client()?;
+        let mut req = tonic::Request::new(pb::IndirectPingRequest {
+            sender_id: self.local_id.to_string(),
+            target_id: target.to_string(),
+            timeout_ms: u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX),
+        });
+        // The helper's own ping gets `timeout`; its answer needs a moment more.
+        req.set_timeout(timeout + timeout / 2);
+        match self
+            .call(&peer, "IndirectPing", client.indirect_ping(req))
+            .await
+        {
+            Ok(r) => Ok(r.ack),
+            Err(PeerError::Rpc { status, .. }) if status.code() == tonic::Code::Unimplemented => {
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// A peer's health.
     ///
     /// # Errors

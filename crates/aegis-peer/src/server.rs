@@ -17,7 +17,6 @@ use tonic::service::RoutesBuilder;
 use tonic::{Request, Response, Status};
 use tonic_health::ServingStatus;
 
-use crate::PeerError;
 use crate::caller::caller_from_request;
 use crate::convert::{
     entry_to_wire, health_to_wire, now_ms, now_unix, request_from_wire, response_to_wire,
@@ -26,6 +25,7 @@ use crate::health::{Health, HealthStatus};
 use crate::proto::mesh as pb;
 use crate::proto::mesh::mesh_service_server::{MeshService, MeshServiceServer};
 use crate::transport::{Connections, MeshStream, check_address};
+use crate::{PeerError, PeerInfo, PeerManager};
 
 /// A callback that adds the user's gRPC services to the server.
 pub type Registrar = Arc<dyn Fn(&mut RoutesBuilder) + Send + Sync>;
@@ -83,6 +83,7 @@ pub struct MeshServer {
     health: Health,
     config: MeshServerConfig,
     registrars: Vec<Registrar>,
+    peers: Option<Arc<PeerManager>>,
 }
 
 impl MeshServer {
@@ -95,7 +96,16 @@ impl MeshServer {
             health,
             config: MeshServerConfig::default(),
             registrars: Vec::new(),
+            peers: None,
         }
+    }
+
+    /// Lets the server ping members for others (`IndirectPing`) through
+    /// these peers. Without them it answers that RPC `Unimplemented`, as a
+    /// reference node does.
+    pub fn with_peers(mut self, peers: Arc<PeerManager>) -> Self {
+        self.peers = Some(peers);
+        self
     }
 
     /// Other limits.
@@ -123,6 +133,7 @@ impl MeshServer {
             topology: self.topology,
             health: self.health.clone(),
             sync: self.config.sync,
+            peers: self.peers,
         };
         let limit = self.config.max_message_size;
         let mut routes = RoutesBuilder::default();
@@ -394,7 +405,11 @@ struct MeshHandler {
     topology: Topology,
     health: Health,
     sync: SyncConfig,
+    peers: Option<Arc<PeerManager>>,
 }
+
+/// The longest an indirect ping may take here, whatever the asker says.
+const MAX_INDIRECT_PING: Duration = Duration::from_secs(2);
 
 fn invalid(what: &str, e: impl std::fmt::Display) -> Status {
     Status::invalid_argument(format!("{what}: {e}"))
@@ -516,6 +531,44 @@ impl MeshService for MeshHandler {
             "sync answered"
         );
         Ok(Response::new(resp))
+    }
+
+    async fn indirect_ping(
+        &self,
+        req: Request<pb::IndirectPingRequest>,
+    ) -> Result<Response<pb::IndirectPingResponse>, Status> {
+        let caller = authorize(&req, &req.get_ref().sender_id)?;
+        let r = req.into_inner();
+        let target = NodeId::new(&r.target_id).map_err(|e| invalid("target_id", e))?;
+        let Some(peers) = &self.peers else {
+            return Err(Status::unimplemented("this node does not ping for others"));
+        };
+        if target == self.node_id {
+            return Ok(Response::new(pb::IndirectPingResponse { ack: true }));
+        }
+        // Only members, at the address this node holds for them: the RPC
+        // must not become a way to make a node dial anything.
+        let Some(node) = self.topology.get_node(target.as_str()) else {
+            return Err(Status::not_found(format!("{target} is not a member here")));
+        };
+        let known = peers
+            .get_peer(target.as_str())
+            .is_some_and(|p| p.info().address == node.address);
+        if !known {
+            let _ = peers.remove_peer(target.as_str());
+            let info = PeerInfo::new(target.as_str(), node.address.clone())
+                .map_err(|e| Status::failed_precondition(e.to_string()))?;
+            // Another call may have added it meanwhile; either way it is there.
+            let _ = peers.add_peer(info);
+        }
+        let limit = Duration::from_millis(u64::from(r.timeout_ms))
+            .clamp(Duration::from_millis(1), MAX_INDIRECT_PING);
+        let ack = matches!(
+            tokio::time::timeout(limit, peers.ping_peer(target.as_str())).await,
+            Ok(Ok(_))
+        );
+        tracing::debug!(caller = %caller, target = %target, ack, "indirect ping");
+        Ok(Response::new(pb::IndirectPingResponse { ack }))
     }
 
     async fn get_topology(

@@ -272,3 +272,68 @@ async fn a_claim_no_owner_could_refute_is_refused() {
     assert!(err.message().contains("stamp"), "{}", err.message());
     assert_eq!(a.topology.get_entry("node-a").unwrap(), held);
 }
+
+/// `IndirectPing`: a helper pings a member for the asker, at the address
+/// the helper holds; no help from a node that does not speak it.
+#[tokio::test]
+async fn a_helper_pings_members_for_others() {
+    let mesh = Mesh::new();
+    let target = start_node(&mesh, "target").await;
+    // The helper serves IndirectPing through its own peers.
+    let tls = mesh.tls("helper");
+    let topology = support::topology_for("helper");
+    let peers = std::sync::Arc::new(aegis_peer::PeerManager::new(
+        tls.node_id().clone(),
+        Some(tls.clone()),
+        topology.clone(),
+    ));
+    let server = aegis_peer::MeshServer::new(tls, topology.clone(), aegis_peer::Health::new())
+        .with_peers(std::sync::Arc::clone(&peers))
+        .serve("127.0.0.1:0")
+        .await
+        .unwrap();
+    topology.apply(target.topology.entries()).unwrap();
+    let asker = start_node(&mesh, "asker").await;
+    asker
+        .peers
+        .add_peer(PeerInfo::new("helper", server.local_addr().to_string()).unwrap())
+        .unwrap();
+    let target_id = aegis_tls::NodeId::new("target").unwrap();
+    let wait = std::time::Duration::from_secs(2);
+    assert!(
+        asker
+            .peers
+            .indirect_ping("helper", &target_id, wait)
+            .await
+            .unwrap()
+    );
+
+    // Not a member of the helper's topology: refused, nothing dialled.
+    let stranger = aegis_tls::NodeId::new("stranger").unwrap();
+    let err = asker
+        .peers
+        .indirect_ping("helper", &stranger, wait)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("not a member"), "{err}");
+
+    // A node without the extension (here: no peers to ping with) is no help.
+    asker.add_peer(&target);
+    assert!(
+        !asker
+            .peers
+            .indirect_ping("target", &stranger, wait)
+            .await
+            .unwrap()
+    );
+
+    // The target gone: the helper's ping fails, no ack.
+    drop(target);
+    assert!(
+        !asker
+            .peers
+            .indirect_ping("helper", &target_id, wait)
+            .await
+            .unwrap()
+    );
+}

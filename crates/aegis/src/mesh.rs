@@ -141,11 +141,32 @@ async fn round(driver: &Driver, peers: &PeerManager, rng: &mut Rng, liveness: &m
         );
         (id, ok)
     });
+    let direct = join_all(pings).await;
+    // A failed direct probe is checked through others before it counts.
+    let asks: Vec<(&NodeId, Vec<NodeId>)> = direct
+        .iter()
+        .filter(|(_, ok)| !ok)
+        .map(|(id, _)| (*id, liveness.helpers(topology, id, rng)))
+        .collect();
+    let indirect = asks.iter().map(|(target, helpers)| async move {
+        let asked = helpers
+            .iter()
+            .map(|h| peers.indirect_ping(h.as_str(), target, config.probe_timeout));
+        let answers = join_all(asked).await;
+        (*target, answers.into_iter().any(|a| matches!(a, Ok(true))))
+    });
+    let rescued: Vec<&NodeId> = join_all(indirect)
+        .await
+        .into_iter()
+        .filter_map(|(id, ok)| ok.then_some(id))
+        .collect();
+    // Only members this node reached itself are worth syncing with.
     let mut answered = Vec::new();
-    for (id, ok) in join_all(pings).await {
-        if ok {
+    for (id, direct_ok) in direct {
+        if direct_ok {
             answered.push(id.clone());
         }
+        let ok = direct_ok || rescued.contains(&id);
         match liveness.on_probe(topology, id, ok, now_ms()) {
             Some(Transition::Suspect { id, missed }) => {
                 tracing::info!(node_id = %driver.local, peer = %id, missed, "peer suspect");

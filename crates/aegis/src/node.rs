@@ -350,7 +350,8 @@ impl Node {
             self.inner.topology.clone(),
             self.inner.health.clone(),
         )
-        .with_config(self.inner.server_config);
+        .with_config(self.inner.server_config)
+        .with_peers(Arc::clone(&self.inner.peers));
         for r in &self.inner.registrars {
             server = server.with_registrar(Arc::clone(r));
         }

@@ -79,6 +79,8 @@ pub struct Sim {
     pub fanout: usize,
     pub now_ms: u64,
     pub interval_ms: u64,
+    /// Every liveness change any node reported: (observer, transition).
+    pub transitions: Vec<(usize, aegis_mesh::Transition)>,
     rng: Rng,
     index: HashMap<NodeId, usize>,
 }
@@ -135,6 +137,7 @@ impl Sim {
             fanout,
             now_ms: START_MS,
             interval_ms: 300,
+            transitions: Vec::new(),
             rng: Rng::new(seed),
             index,
         }
@@ -222,9 +225,26 @@ impl Sim {
                 for id in &probes {
                     let Some(b) = self.index_of(id) else { continue };
                     stats.probes += 1;
-                    let ok = self.probe(a, b);
-                    liveness[a].on_probe(&self.nodes[a], id, ok, self.now_ms);
-                    if ok {
+                    let direct = self.probe(a, b);
+                    // A failed probe is checked through helpers first: a
+                    // request to the helper, its probe, its answer.
+                    let ok = direct || {
+                        let helpers: Vec<usize> = liveness[a]
+                            .helpers(&self.nodes[a], id, &mut self.rng)
+                            .iter()
+                            .filter_map(|h| self.index_of(h))
+                            .collect();
+                        helpers.into_iter().any(|h| {
+                            stats.probes += 1;
+                            self.deliver(a, h).is_some()
+                                && self.probe(h, b)
+                                && self.deliver(h, a).is_some()
+                        })
+                    };
+                    if let Some(t) = liveness[a].on_probe(&self.nodes[a], id, ok, self.now_ms) {
+                        self.transitions.push((a, t));
+                    }
+                    if direct {
                         answered.push(id.clone());
                     }
                 }
