@@ -126,10 +126,11 @@ impl Liveness {
     /// [`LivenessConfig::max_probes`] of them at random, dead members only
     /// when their back-off is over.
     ///
-    /// Half the probes go to members that have answered this node before,
-    /// half to the others (a share one side does not use goes to the
-    /// other): so a flood of entries that never answer (a member can push
-    /// thousands) cannot crowd out the probes that find a real member dead.
+    /// Each probe goes, with even odds, to a member that has answered this
+    /// node before or to one that has not (to either when the other side
+    /// has none left): so a flood of entries that never answer (a member
+    /// can push thousands) cannot crowd out the probes that find a real
+    /// member dead, and new members are still probed.
     pub fn probes(&mut self, topology: &Topology, now_ms: u64, rng: &mut Rng) -> Vec<NodeId> {
         let entries = topology.entries();
         let present: HashSet<&NodeId> = entries
@@ -150,10 +151,20 @@ impl Liveness {
             })
             .map(|e| e.id().clone())
             .partition(|id| self.tracks.get(id).is_some_and(|t| t.answered_once));
+        // Each probe goes to either side with even odds while both have
+        // members left (so neither starves, even at one probe a round).
         let max = self.config.max_probes.max(1);
-        let half = max.div_ceil(2);
-        let from_unknown = unknown.len().min(max - half.min(known.len()));
-        let from_known = known.len().min(max - from_unknown);
+        let (mut from_known, mut from_unknown) = (0, 0);
+        for _ in 0..max {
+            let known_left = from_known < known.len();
+            let unknown_left = from_unknown < unknown.len();
+            match (known_left, unknown_left) {
+                (true, true) if rng.next_u64() & 1 == 0 => from_known += 1,
+                (true, true) | (false, true) => from_unknown += 1,
+                (true, false) => from_known += 1,
+                (false, false) => break,
+            }
+        }
         let k = rng.choose(&mut known, from_known);
         known.truncate(k);
         let k = rng.choose(&mut unknown, from_unknown);

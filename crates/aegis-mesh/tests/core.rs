@@ -348,3 +348,38 @@ fn a_flood_of_silent_entries_does_not_hide_a_real_death() {
         assert_eq!(t.state_of(&format!("real-{i}")), Some(NodeState::Alive));
     }
 }
+
+/// At one probe a round, members that have answered and members that have
+/// not yet both keep being probed: neither side starves the other (a first
+/// split of the probes did, and the facade's one-probe test caught it).
+#[test]
+fn at_one_probe_a_round_every_member_is_probed() {
+    let t = owned("me", Limits::default());
+    t.apply(
+        (0..4)
+            .map(|i| {
+                Entry::new(
+                    NodeInfo::new(format!("p{i}"), "p", "127.0.0.1:9").unwrap(),
+                    Stamp::new(NOW, 1),
+                    NodeState::Alive,
+                )
+            })
+            .collect(),
+    )
+    .unwrap();
+    let config = LivenessConfig {
+        max_probes: 1,
+        ..LivenessConfig::default()
+    };
+    let mut l = Liveness::new(NodeId::new("me").unwrap(), config);
+    let mut rng = Rng::new(3);
+    let mut probed = std::collections::BTreeMap::new();
+    for round in 0..200u64 {
+        for id in l.probes(&t, NOW + round * 300, &mut rng) {
+            *probed.entry(id.to_string()).or_insert(0) += 1;
+            l.on_probe(&t, &id, true, NOW + round * 300);
+        }
+    }
+    assert_eq!(probed.len(), 4, "{probed:?}");
+    assert!(probed.values().all(|&n| n >= 20), "{probed:?}");
+}
