@@ -247,13 +247,16 @@ async fn a_killed_provider_is_set_aside_then_tried_again_when_back() {
         }
     }
     assert!(failures <= 3, "{failures} calls failed after the kill");
-    // All recent calls went to the others; prov-b is set aside.
-    let mut clean = 0;
+    // prov-b is set aside: the calls go to the others. (Its back-off starts
+    // at 1 s and doubles; on a slow machine these calls can outlast it, and
+    // then one call tries prov-b again and fails: allow that one, not more.)
+    let mut failed = 0;
     for _ in 0..30 {
-        call(&pool).await.unwrap();
-        clean += 1;
+        if call(&pool).await.is_err() {
+            failed += 1;
+        }
     }
-    assert_eq!(clean, 30);
+    assert!(failed <= 1, "{failed} of 30 calls failed with prov-b set aside");
 
     // prov-b comes back on the same address; after the back-off it is used again.
     let back = Arc::new(AtomicUsize::new(0));
