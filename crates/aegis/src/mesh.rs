@@ -111,11 +111,16 @@ pub(crate) struct Driver {
 pub(crate) async fn run(driver: Driver, mut stop: watch::Receiver<bool>, seed: u64) {
     let mut rng = Rng::new(seed);
     let mut liveness = Liveness::new(driver.local.clone(), driver.config.liveness());
+    // Rounds start one interval apart (a protocol period), not one interval
+    // after the previous round ended: a round slowed by probes that time
+    // out does not stretch the time it takes to find a member dead.
+    let mut last_round = Duration::ZERO;
     loop {
         let jitter = driver.config.jitter.clamp(0.0, 1.0);
         let factor = (1.0 + jitter * (2.0 * rng.unit() - 1.0)).max(0.05);
-        let wait = Duration::try_from_secs_f64(driver.config.interval.as_secs_f64() * factor)
+        let period = Duration::try_from_secs_f64(driver.config.interval.as_secs_f64() * factor)
             .unwrap_or(driver.config.interval);
+        let wait = period.saturating_sub(last_round);
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
             () = tokio::time::sleep(wait) => {}
@@ -123,7 +128,9 @@ pub(crate) async fn run(driver: Driver, mut stop: watch::Receiver<bool>, seed: u
         let Some(peers) = driver.peers.upgrade() else {
             return;
         };
+        let started = tokio::time::Instant::now();
         round(&driver, &peers, &mut rng, &mut liveness).await;
+        last_round = started.elapsed();
     }
 }
 
