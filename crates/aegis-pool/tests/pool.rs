@@ -256,7 +256,10 @@ async fn a_killed_provider_is_set_aside_then_tried_again_when_back() {
             failed += 1;
         }
     }
-    assert!(failed <= 1, "{failed} of 30 calls failed with prov-b set aside");
+    assert!(
+        failed <= 1,
+        "{failed} of 30 calls failed with prov-b set aside"
+    );
 
     // prov-b comes back on the same address; after the back-off it is used again.
     let back = Arc::new(AtomicUsize::new(0));
