@@ -4,6 +4,7 @@
 //! connection (certificates generated on first run), a shared and versioned
 //! view of the mesh, peer ping, health and topology sync over gRPC, a mesh
 //! loop that keeps all of that current by itself (with failure detection),
+//! membership events ([`Node::subscribe`], [`Node::wait_for_providers`]),
 //! and a client pool that turns "identity v1" into a live channel to a
 //! provider. No sidecar, no control plane.
 //!
@@ -33,7 +34,10 @@
 //!     .build()?;
 //! consumer.start_server().await?;
 //! consumer.add_peer(aegis::PeerInfo::new("identity-1", provider_addr.to_string())?)?;
-//! consumer.sync_topology("identity-1").await?;
+//! // Ready once the mesh has told it of a provider.
+//! consumer
+//!     .wait_for_providers("identity", "v1", 1, std::time::Duration::from_secs(5))
+//!     .await?;
 //!
 //! let pool = consumer.client_pool();
 //! let identity = ServiceClient::new(&pool, "identity", "v1", IdentityServiceClient::new);
