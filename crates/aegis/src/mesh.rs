@@ -15,43 +15,91 @@ use tokio::sync::watch;
 
 /// How the background mesh loop runs. On by default; turn it off with
 /// [`MeshConfig::disabled`] to drive `sync_topology` by hand.
+///
+/// Two presets: [`MeshConfig::lan`] (the default: one data centre, round
+/// trips well under 10 ms) and [`MeshConfig::wan`] (members far apart or on
+/// lossy links: slower rounds, longer deadlines, more misses before a death).
+/// Each field's default below is the LAN value.
+///
+/// With the defaults, a crashed node is dead everywhere in about 2–3 s
+/// (4 missed rounds of 300 ms, each miss confirmed through 3 other members,
+/// plus gossip), and a healthy node behind one bad link is never accused.
+///
+/// ```
+/// use std::time::Duration;
+/// use aegis::MeshConfig;
+///
+/// // The defaults documented on each field (this example keeps them true).
+/// let lan = MeshConfig::default();
+/// assert_eq!(lan, MeshConfig::lan());
+/// assert_eq!(
+///     (lan.interval, lan.probe_timeout, lan.sync_timeout),
+///     (Duration::from_millis(300), Duration::from_millis(250), Duration::from_secs(2))
+/// );
+/// assert_eq!((lan.fanout, lan.max_probes, lan.indirect_checks), (3, 32, 3));
+/// assert_eq!((lan.suspect_after, lan.dead_after), (2, 4));
+/// assert_eq!(
+///     (lan.tombstone_retention, lan.dead_retention),
+///     (Duration::from_secs(600), Duration::from_secs(300))
+/// );
+/// assert_eq!((lan.leave_fanout, lan.leave_timeout), (32, Duration::from_secs(2)));
+///
+/// // Far apart: slower, more patient.
+/// let wan = MeshConfig::wan();
+/// assert!(wan.interval > lan.interval && wan.dead_after > lan.dead_after);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct MeshConfig {
-    /// Whether the loop runs.
+    /// Whether the loop runs. Default: `true`.
     pub enabled: bool,
-    /// Time between rounds.
+    /// Time from the start of one round to the start of the next.
+    /// Default: 300 ms.
     pub interval: Duration,
-    /// Each round waits `interval` ± this fraction, so nodes started
-    /// together do not move in lockstep (0.0 to 1.0).
+    /// Each round's interval is `interval` ± this fraction, so nodes started
+    /// together do not move in lockstep (0.0 to 1.0). Default: 0.2.
     pub jitter: f64,
-    /// Peers synced with each round, chosen at random.
+    /// Peers synced with each round, chosen at random. Default: 3.
     pub fanout: usize,
-    /// Deadline of each liveness ping.
+    /// Deadline of each liveness ping, and of each helper's ping when a
+    /// failed one is checked through others. Default: 250 ms.
     pub probe_timeout: Duration,
-    /// Peers pinged per round: all of them up to this many, else a random
-    /// choice of this many (so a large mesh is not pinged all-to-all; the
-    /// first of many observers to miss a dead node enough times marks it).
+    /// Members pinged per round at most, chosen at random (so a large mesh
+    /// is not pinged all-to-all). Default: 32.
     pub max_probes: usize,
-    /// Deadline of each sync.
+    /// Members asked to ping a member whose ping failed, before the miss
+    /// counts (0 counts it at once). Default: 3.
+    pub indirect_checks: usize,
+    /// Deadline of each sync. Default: 2 s.
     pub sync_timeout: Duration,
-    /// Missed rounds in a row before a peer is marked suspect.
+    /// Missed rounds in a row (at one stamp) before a member is marked
+    /// suspect. Default: 2.
     pub suspect_after: u32,
-    /// Missed rounds in a row before a peer is marked dead.
+    /// Missed rounds in a row (at one stamp) before a member is marked
+    /// dead. Default: 4.
     pub dead_after: u32,
     /// How long tombstones of nodes that left are kept before purging.
+    /// Default: 10 min.
     pub tombstone_retention: Duration,
     /// How long dead nodes are kept (and probed with a back-off that grows
-    /// from 1 s to 60 s) before purging.
+    /// from 1 s to 60 s) before purging. Default: 5 min.
     pub dead_retention: Duration,
     /// Members a leaving node tells directly (its peers and the members it
     /// knows, at random up to this many); gossip takes it from there.
+    /// Default: 32.
     pub leave_fanout: usize,
-    /// How long `shutdown` spends telling them.
+    /// How long `shutdown` spends telling them. Default: 2 s.
     pub leave_timeout: Duration,
 }
 
 impl Default for MeshConfig {
     fn default() -> Self {
+        Self::lan()
+    }
+}
+
+impl MeshConfig {
+    /// For members in one network: the default.
+    pub fn lan() -> Self {
         let liveness = LivenessConfig::default();
         Self {
             enabled: true,
@@ -60,6 +108,7 @@ impl Default for MeshConfig {
             fanout: 3,
             probe_timeout: Duration::from_millis(250),
             max_probes: liveness.max_probes,
+            indirect_checks: liveness.indirect_checks,
             sync_timeout: Duration::from_secs(2),
             suspect_after: liveness.suspect_after,
             dead_after: liveness.dead_after,
@@ -69,9 +118,22 @@ impl Default for MeshConfig {
             leave_timeout: Duration::from_secs(2),
         }
     }
-}
 
-impl MeshConfig {
+    /// For members far apart or on lossy links: rounds of 1 s, pings given
+    /// 800 ms, syncs 5 s, six missed rounds before a death (about 6–8 s to
+    /// find a crashed node), 5 s to announce a leave.
+    pub fn wan() -> Self {
+        Self {
+            interval: Duration::from_secs(1),
+            probe_timeout: Duration::from_millis(800),
+            sync_timeout: Duration::from_secs(5),
+            suspect_after: 3,
+            dead_after: 6,
+            leave_timeout: Duration::from_secs(5),
+            ..Self::lan()
+        }
+    }
+
     /// No background loop.
     pub fn disabled() -> Self {
         Self {
@@ -87,6 +149,7 @@ impl MeshConfig {
             dead_after: self.dead_after,
             tombstone_retention: self.tombstone_retention,
             dead_retention: self.dead_retention,
+            indirect_checks: self.indirect_checks,
             ..LivenessConfig::default()
         }
     }
