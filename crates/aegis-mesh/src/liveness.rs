@@ -1,7 +1,7 @@
 //! Liveness decisions: whom to probe, what a missed probe means, when the
 //! departed are purged. The driver pings and reports; this decides.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, SystemTime};
 
 use aegis_topology::{NodeId, NodeState, Stamp, Topology};
@@ -11,7 +11,9 @@ use crate::Rng;
 /// How liveness is judged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LivenessConfig {
-    /// Members probed per round at most, chosen at random among those due.
+    /// Members probed per round at most, taken from a shuffled round-robin
+    /// order of those due (so each is probed within a bounded number of
+    /// rounds).
     pub max_probes: usize,
     /// Missed probes in a row (at one stamp) before a member is marked suspect.
     pub suspect_after: u32,
@@ -101,6 +103,35 @@ pub struct Liveness {
     config: LivenessConfig,
     local: NodeId,
     tracks: HashMap<NodeId, Track>,
+    /// The probe order of members that have answered, and of those that
+    /// have not: each a shuffled cycle, taken from the front.
+    known_order: VecDeque<NodeId>,
+    unknown_order: VecDeque<NodeId>,
+}
+
+/// The next member of a round-robin `order` that is in `due` and not taken
+/// yet; when the cycle is used up, a new one is shuffled from `due`.
+fn next_in_order(
+    order: &mut VecDeque<NodeId>,
+    due: &[NodeId],
+    due_set: &HashSet<&NodeId>,
+    taken: &HashSet<NodeId>,
+    rng: &mut Rng,
+) -> Option<NodeId> {
+    for refill in [false, true] {
+        if refill {
+            let mut cycle: Vec<NodeId> = due.to_vec();
+            let n = cycle.len();
+            rng.choose(&mut cycle, n);
+            *order = cycle.into();
+        }
+        while let Some(id) = order.pop_front() {
+            if due_set.contains(&id) && !taken.contains(&id) {
+                return Some(id);
+            }
+        }
+    }
+    None
 }
 
 fn ms(d: Duration) -> u64 {
@@ -114,6 +145,8 @@ impl Liveness {
             config,
             local,
             tracks: HashMap::new(),
+            known_order: VecDeque::new(),
+            unknown_order: VecDeque::new(),
         }
     }
 
@@ -139,7 +172,7 @@ impl Liveness {
             .map(|e| e.id())
             .collect();
         self.tracks.retain(|id, _| present.contains(id));
-        let (mut known, mut unknown): (Vec<NodeId>, Vec<NodeId>) = entries
+        let (known, unknown): (Vec<NodeId>, Vec<NodeId>) = entries
             .iter()
             .filter(|e| e.state != NodeState::Left && *e.id() != self.local)
             .filter(|e| {
@@ -152,7 +185,9 @@ impl Liveness {
             .map(|e| e.id().clone())
             .partition(|id| self.tracks.get(id).is_some_and(|t| t.answered_once));
         // Each probe goes to either side with even odds while both have
-        // members left (so neither starves, even at one probe a round).
+        // members left (so neither starves, even at one probe a round);
+        // within a side, members come in a shuffled round-robin order, so
+        // each is probed within a bounded number of rounds.
         let max = self.config.max_probes.max(1);
         let (mut from_known, mut from_unknown) = (0, 0);
         for _ in 0..max {
@@ -165,11 +200,24 @@ impl Liveness {
                 (false, false) => break,
             }
         }
-        let k = rng.choose(&mut known, from_known);
-        known.truncate(k);
-        let k = rng.choose(&mut unknown, from_unknown);
-        known.extend(unknown.into_iter().take(k));
-        known
+        let mut taken = HashSet::new();
+        let mut chosen = Vec::with_capacity(from_known + from_unknown);
+        for (n, order, due) in [
+            (from_known, &mut self.known_order, &known),
+            (from_unknown, &mut self.unknown_order, &unknown),
+        ] {
+            let due_set: HashSet<&NodeId> = due.iter().collect();
+            for _ in 0..n {
+                match next_in_order(order, due, &due_set, &taken, rng) {
+                    Some(id) => {
+                        taken.insert(id.clone());
+                        chosen.push(id);
+                    }
+                    None => break,
+                }
+            }
+        }
+        chosen
     }
 
     /// Whom to ask to probe `target` for this node after its own probe

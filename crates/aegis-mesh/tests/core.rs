@@ -383,3 +383,51 @@ fn at_one_probe_a_round_every_member_is_probed() {
     assert_eq!(probed.len(), 4, "{probed:?}");
     assert!(probed.values().all(|&n| n >= 20), "{probed:?}");
 }
+
+/// Round-robin: with 30 members that all answer and 3 probes a round,
+/// each member is probed once per cycle of 10 rounds, so never more than
+/// 19 rounds apart (a random choice each round leaves gaps far longer).
+#[test]
+fn every_member_is_probed_once_per_cycle() {
+    let t = owned("me", Limits::default());
+    t.apply(
+        (0..30)
+            .map(|i| {
+                Entry::new(
+                    NodeInfo::new(format!("m{i}"), "m", "127.0.0.1:9").unwrap(),
+                    Stamp::new(NOW, 1),
+                    NodeState::Alive,
+                )
+            })
+            .collect(),
+    )
+    .unwrap();
+    let config = LivenessConfig {
+        max_probes: 3,
+        ..LivenessConfig::default()
+    };
+    let mut l = Liveness::new(NodeId::new("me").unwrap(), config);
+    let mut rng = Rng::new(5);
+    let mut last: std::collections::HashMap<NodeId, u64> = std::collections::HashMap::new();
+    let mut gaps = Vec::new();
+    let mut probes = 0;
+    for round in 0..300u64 {
+        let now = NOW + round * 300;
+        for id in l.probes(&t, now, &mut rng) {
+            probes += 1;
+            l.on_probe(&t, &id, true, now);
+            // Gaps are measured once every member has answered (from round
+            // 100 on, long after that).
+            if round >= 100
+                && let Some(before) = last.get(&id)
+            {
+                gaps.push(round - before);
+            }
+            last.insert(id, round);
+        }
+    }
+    assert_eq!(probes, 900, "3 probes every round");
+    assert_eq!(last.len(), 30);
+    let worst = gaps.iter().max().copied().unwrap_or(0);
+    assert!(worst <= 19, "a member waited {worst} rounds");
+}
