@@ -299,3 +299,33 @@ fn ten_percent_loss_kills_no_one() {
     );
     assert!((0..n).all(|i| (0..n).all(|j| sim.nodes[i].state_of(&id(j)) != Some(NodeState::Dead))));
 }
+
+/// Ten simulated minutes in which one node stalls for 500 ms every 5 s (a
+/// long GC pause, a starved VM): it may be suspected, and refutes, but it is
+/// never marked dead.
+#[test]
+fn a_node_that_stalls_now_and_then_is_never_killed() {
+    let n = 24;
+    let mut sim = Sim::new(n, 3, 41).with_liveness(LivenessConfig::default());
+    sim.rounds_to_converge(bound(n)).expect("converges");
+    let start = sim.now_ms;
+    while sim.now_ms < start + 600_000 {
+        if (sim.now_ms - start) % 5_000 < 500 {
+            sim.net.stalled.insert(11);
+        } else {
+            sim.net.stalled.remove(&11);
+        }
+        sim.round();
+    }
+    let deaths = false_accusations(&sim, &[], true);
+    assert!(
+        deaths.is_empty(),
+        "{} false deaths: {:?}",
+        deaths.len(),
+        deaths.first()
+    );
+    println!(
+        "N = {n}, one node stalling 500 ms every 5 s for 10 simulated minutes: {} suspicions, 0 deaths",
+        false_accusations(&sim, &[], false).len()
+    );
+}
