@@ -24,6 +24,15 @@ fn owned(id: &str, limits: Limits) -> Topology {
     t
 }
 
+/// An alive entry of member `id` at the first stamp of `NOW`.
+fn alive(id: &str) -> Entry {
+    Entry::new(
+        NodeInfo::new(id, "m", "127.0.0.1:9").unwrap(),
+        Stamp::new(NOW, 1),
+        NodeState::Alive,
+    )
+}
+
 fn big_entry(i: usize, services: usize) -> Entry {
     let info = NodeInfo::new(format!("m{i}"), "x".repeat(1000), "127.0.0.1:2")
         .unwrap()
@@ -87,15 +96,7 @@ fn a_topology_past_the_want_limit_is_paged_not_refused() {
         ..Limits::default()
     };
     let b = owned("b", limits);
-    let entries: Vec<Entry> = (0..2500)
-        .map(|i| {
-            Entry::new(
-                NodeInfo::new(format!("n{i}"), "n", "127.0.0.1:3").unwrap(),
-                Stamp::new(NOW, 1),
-                NodeState::Alive,
-            )
-        })
-        .collect();
+    let entries: Vec<Entry> = (0..2500).map(|i| alive(&format!("n{i}"))).collect();
     for chunk in entries.chunks(100) {
         b.apply(chunk.to_vec()).unwrap();
     }
@@ -301,24 +302,8 @@ fn membership_events_follow_the_topology() {
 #[test]
 fn a_flood_of_silent_entries_does_not_hide_a_real_death() {
     let t = owned("me", Limits::default());
-    let flood: Vec<Entry> = (0..10_000)
-        .map(|i| {
-            Entry::new(
-                NodeInfo::new(format!("bogus-{i}"), "b", "127.0.0.1:7").unwrap(),
-                Stamp::new(NOW, 1),
-                NodeState::Alive,
-            )
-        })
-        .collect();
-    let real: Vec<Entry> = (0..5)
-        .map(|i| {
-            Entry::new(
-                NodeInfo::new(format!("real-{i}"), "r", "127.0.0.1:8").unwrap(),
-                Stamp::new(NOW, 1),
-                NodeState::Alive,
-            )
-        })
-        .collect();
+    let flood: Vec<Entry> = (0..10_000).map(|i| alive(&format!("bogus-{i}"))).collect();
+    let real: Vec<Entry> = (0..5).map(|i| alive(&format!("real-{i}"))).collect();
     t.apply(real).unwrap();
     let mut l = Liveness::new(NodeId::new("me").unwrap(), LivenessConfig::default());
     let mut rng = Rng::new(7);
@@ -355,18 +340,8 @@ fn a_flood_of_silent_entries_does_not_hide_a_real_death() {
 #[test]
 fn at_one_probe_a_round_every_member_is_probed() {
     let t = owned("me", Limits::default());
-    t.apply(
-        (0..4)
-            .map(|i| {
-                Entry::new(
-                    NodeInfo::new(format!("p{i}"), "p", "127.0.0.1:9").unwrap(),
-                    Stamp::new(NOW, 1),
-                    NodeState::Alive,
-                )
-            })
-            .collect(),
-    )
-    .unwrap();
+    t.apply((0..4).map(|i| alive(&format!("p{i}"))).collect())
+        .unwrap();
     let config = LivenessConfig {
         max_probes: 1,
         ..LivenessConfig::default()
@@ -390,18 +365,8 @@ fn at_one_probe_a_round_every_member_is_probed() {
 #[test]
 fn every_member_is_probed_once_per_cycle() {
     let t = owned("me", Limits::default());
-    t.apply(
-        (0..30)
-            .map(|i| {
-                Entry::new(
-                    NodeInfo::new(format!("m{i}"), "m", "127.0.0.1:9").unwrap(),
-                    Stamp::new(NOW, 1),
-                    NodeState::Alive,
-                )
-            })
-            .collect(),
-    )
-    .unwrap();
+    t.apply((0..30).map(|i| alive(&format!("m{i}"))).collect())
+        .unwrap();
     let config = LivenessConfig {
         max_probes: 3,
         ..LivenessConfig::default()

@@ -239,6 +239,19 @@ fn false_accusations(sim: &Sim, down: &[usize], deaths_only: bool) -> Vec<String
         .collect()
 }
 
+/// Fails naming the first false death, if any; prints the suspicions.
+fn assert_no_false_deaths(sim: &Sim, what: &str) {
+    let deaths = false_accusations(sim, &[], true);
+    assert!(
+        deaths.is_empty(),
+        "{what}: {} false deaths: {:?}",
+        deaths.len(),
+        deaths.first()
+    );
+    let suspicions = false_accusations(sim, &[], false).len();
+    println!("{what}: {suspicions} suspicions, 0 deaths");
+}
+
 /// Ten simulated minutes in which one node cannot reach one other (one
 /// way): v1 counted every failed probe of that observer, so the healthy
 /// target was marked dead again and again, everywhere. Checked through
@@ -286,17 +299,7 @@ fn ten_percent_loss_kills_no_one() {
     for _ in 0..(600_000 / sim.interval_ms) {
         sim.round();
     }
-    let deaths = false_accusations(&sim, &[], true);
-    assert!(
-        deaths.is_empty(),
-        "{} false deaths: {:?}",
-        deaths.len(),
-        deaths.first()
-    );
-    println!(
-        "N = {n}, 10 % loss, 10 simulated minutes: {} suspicions, 0 deaths",
-        false_accusations(&sim, &[], false).len()
-    );
+    assert_no_false_deaths(&sim, &format!("N = {n}, 10 % loss, 10 simulated minutes"));
     assert!((0..n).all(|i| (0..n).all(|j| sim.nodes[i].state_of(&id(j)) != Some(NodeState::Dead))));
 }
 
@@ -317,15 +320,8 @@ fn a_node_that_stalls_now_and_then_is_never_killed() {
         }
         sim.round();
     }
-    let deaths = false_accusations(&sim, &[], true);
-    assert!(
-        deaths.is_empty(),
-        "{} false deaths: {:?}",
-        deaths.len(),
-        deaths.first()
-    );
-    println!(
-        "N = {n}, one node stalling 500 ms every 5 s for 10 simulated minutes: {} suspicions, 0 deaths",
-        false_accusations(&sim, &[], false).len()
+    assert_no_false_deaths(
+        &sim,
+        &format!("N = {n}, one node stalling 500 ms every 5 s for 10 simulated minutes"),
     );
 }

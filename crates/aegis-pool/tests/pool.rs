@@ -168,6 +168,17 @@ async fn calls_spread_evenly_and_reuse_one_channel_per_provider() {
     assert_eq!(pool.channel_count(), 3);
 }
 
+/// Whether the server's client connections all close within 3 s.
+async fn connections_close(server: &ServerHandle) -> bool {
+    for _ in 0..300 {
+        if server.open_connections() == 0 {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
 #[tokio::test]
 async fn a_removed_provider_is_never_chosen_and_its_channel_closes() {
     let f = Fixture::new();
@@ -190,16 +201,10 @@ async fn a_removed_provider_is_never_chosen_and_its_channel_closes() {
     );
     assert_eq!(a.hits.load(Ordering::Relaxed), 5 + 20);
     assert_eq!(pool.channel_count(), 1);
-    let server = b.server.as_ref().unwrap();
-    let mut closed = false;
-    for _ in 0..300 {
-        if server.open_connections() == 0 {
-            closed = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(closed, "the removed provider's connection was not closed");
+    assert!(
+        connections_close(b.server.as_ref().unwrap()).await,
+        "the removed provider's connection was not closed"
+    );
 }
 
 #[tokio::test]
@@ -216,16 +221,10 @@ async fn a_departed_provider_s_channel_closes_without_another_call() {
     // go of the channel, and the provider sees its connection end.
     f.topology.remove_node("prov-b").unwrap();
     assert_eq!(pool.channel_count(), 1);
-    let server = b.server.as_ref().unwrap();
-    let mut closed = false;
-    for _ in 0..300 {
-        if server.open_connections() == 0 {
-            closed = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(closed, "the departed provider's connection was not closed");
+    assert!(
+        connections_close(b.server.as_ref().unwrap()).await,
+        "the departed provider's connection was not closed"
+    );
 }
 
 #[tokio::test]
