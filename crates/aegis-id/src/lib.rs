@@ -118,6 +118,22 @@ impl NodeId {
     }
 }
 
+/// The canonical (lowercase) spelling of `id`, for looking a node up by a
+/// string that may not be in canonical form; borrows when it already is.
+/// It does not check the rules: [`NodeId::new`] does.
+///
+/// ```
+/// assert_eq!(aegis_id::canonical("Node-1"), "node-1");
+/// assert!(matches!(aegis_id::canonical("node-1"), std::borrow::Cow::Borrowed(_)));
+/// ```
+pub fn canonical(id: &str) -> std::borrow::Cow<'_, str> {
+    if id.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(id.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(id)
+    }
+}
+
 /// Checks `id` against the node ID rules without allocating when it is valid.
 ///
 /// # Errors

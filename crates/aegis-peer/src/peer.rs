@@ -306,6 +306,7 @@ impl PeerManager {
     /// # Errors
     /// [`PeerError::NotFound`].
     pub fn remove_peer(&self, id: &str) -> Result<(), PeerError> {
+        let id = &*aegis_id::canonical(id);
         match self.peers_write().remove(id) {
             Some(_) => Ok(()),
             None => Err(PeerError::NotFound(id.to_owned())),
@@ -314,6 +315,7 @@ impl PeerManager {
 
     /// A peer by ID.
     pub fn get_peer(&self, id: &str) -> Option<Peer> {
+        let id = &*aegis_id::canonical(id);
         self.peers_read().get(id).cloned()
     }
 

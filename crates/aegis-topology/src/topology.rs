@@ -606,6 +606,7 @@ impl Topology {
     /// # Errors
     /// [`TopologyError::NotFound`] if the node is absent or has left already.
     pub fn remove_node(&self, id: &str) -> Result<(), TopologyError> {
+        let id = &*aegis_id::canonical(id);
         let _w = self.writer();
         let slot = match self.read().entries.get(id) {
             Some(old) if old.state != NodeState::Left => Slot::new(
@@ -627,6 +628,7 @@ impl Topology {
     /// # Errors
     /// [`TopologyError::NotFound`] if the node is absent or has left.
     pub fn mark(&self, id: &str, state: NodeState) -> Result<bool, TopologyError> {
+        let id = &*aegis_id::canonical(id);
         let _w = self.writer();
         let slot = match self.read().entries.get(id) {
             Some(old) if old.state != NodeState::Left => {
@@ -827,6 +829,7 @@ impl Topology {
 
     /// Whether `id` was purged (and is remembered as such).
     pub fn is_forgotten(&self, id: &str) -> bool {
+        let id = &*aegis_id::canonical(id);
         self.read().forgotten.contains_key(id)
     }
 
@@ -837,6 +840,7 @@ impl Topology {
 
     /// A node by ID, unless it has left.
     pub fn get_node(&self, id: &str) -> Option<Arc<NodeInfo>> {
+        let id = &*aegis_id::canonical(id);
         self.read()
             .entries
             .get(id)
@@ -846,11 +850,13 @@ impl Topology {
 
     /// A node's entry with its stamp and state, tombstones included.
     pub fn get_entry(&self, id: &str) -> Option<Entry> {
+        let id = &*aegis_id::canonical(id);
         self.read().entries.get(id).map(Slot::entry)
     }
 
     /// A node's state, if the topology holds an entry for it.
     pub fn state_of(&self, id: &str) -> Option<NodeState> {
+        let id = &*aegis_id::canonical(id);
         self.read().entries.get(id).map(|s| s.state)
     }
 

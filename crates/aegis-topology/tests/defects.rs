@@ -117,3 +117,20 @@ fn a_flood_of_members_is_refused_whole_naming_the_limit() {
     assert!(err.to_string().contains("max_members"), "{err}");
     assert_eq!(t.node_count(), 0);
 }
+
+/// Identity by case: one node whatever the spelling, in entries and lookups.
+#[test]
+fn a_node_is_found_under_any_spelling_of_its_id() {
+    let t = Topology::new();
+    t.add_node(node("Node-1")).unwrap();
+    assert!(matches!(
+        t.add_node(node("NODE-1")),
+        Err(aegis_topology::TopologyError::AlreadyExists(_))
+    ));
+    for spelling in ["node-1", "Node-1", "NODE-1"] {
+        assert_eq!(t.get_node(spelling).unwrap().id.as_str(), "node-1");
+        assert_eq!(t.state_of(spelling), Some(NodeState::Alive));
+    }
+    t.remove_node("NODE-1").unwrap();
+    assert!(t.get_node("node-1").is_none());
+}
