@@ -37,7 +37,8 @@ impl Hub {
     }
 
     /// Starts the task that follows the topology, once, if there is a
-    /// runtime to run it on (the first call inside one does).
+    /// runtime to run it on (the first call inside one does). Nodes whose
+    /// users never ask for events never pay for following the topology.
     pub(crate) fn ensure_running(self: &Arc<Self>, topology: &Topology) {
         if tokio::runtime::Handle::try_current().is_err()
             || self.started.swap(true, Ordering::AcqRel)

@@ -204,8 +204,8 @@ impl NodeBuilder {
             ..TopologyConfig::default()
         });
         topology.add_node(own)?;
+        // Membership events are made only once someone asks for them.
         let membership = Hub::new(&topology);
-        membership.ensure_running(&topology);
         let peers = Arc::new(
             PeerManager::new(id.clone(), Some(tls.clone()), topology.clone())
                 .with_config(self.peer_config),
@@ -361,7 +361,6 @@ impl Node {
             let advertised = format!("{host}:{}", bound.port());
             self.inner.update_own(|info| info.address = advertised)?;
         }
-        self.inner.membership.ensure_running(&self.inner.topology);
         let (stop, stop_rx) = watch::channel(false);
         let mesh = self.inner.mesh.enabled.then(|| {
             let driver = mesh::Driver {
