@@ -26,7 +26,9 @@ pub struct SyncConfig {
     pub max_entries_per_message: usize,
     /// IDs one request wants at most.
     pub max_wants_per_message: usize,
-    /// Entry digests one message carries at most.
+    /// Entry digests a requester asks for in one message at most (it
+    /// chunks the buckets that differ by the counts the responder reported;
+    /// a bucket is never split).
     pub max_digests_per_message: usize,
     /// Requests one session makes at most; what is left waits for the next.
     pub max_requests: usize,
@@ -119,9 +121,11 @@ pub fn respond(
                     reason: format!("bucket {b} is not below {BUCKETS}"),
                 });
             }
-            let mut digests = topology.entry_digests_in(&buckets);
-            digests.truncate(config.max_digests_per_message);
-            SyncResponse::EntryDigests(digests)
+            // Whole buckets only: a requester compares bucket by bucket, so
+            // a cut inside one would read as entries this side lacks. The
+            // requester sizes its chunks from the counts in our bucket
+            // digests; one bucket holds a share of at most `max_members`.
+            SyncResponse::EntryDigests(topology.entry_digests_in(&buckets))
         }
         SyncRequest::Delta { push, mut want } => {
             // Everything is checked before anything is applied: the push
