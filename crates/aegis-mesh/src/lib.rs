@@ -52,7 +52,16 @@ pub use liveness::{Liveness, LivenessConfig, Transition};
 pub use membership::{Member, MemberEvent, MembershipView};
 pub use message::{SyncRequest, SyncResponse};
 pub use rng::Rng;
+/// A time as the core takes it: Unix milliseconds (0 before the epoch,
+/// saturating far after it). Drivers pass `unix_ms(SystemTime::now())`;
+/// simulations pass their own clock.
+pub fn unix_ms(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
 pub use sync::{
-    Responded, Step, SyncConfig, SyncMode, SyncOutcome, SyncSession, check_stamps, leave_request,
-    respond,
+    Responded, Step, SyncConfig, SyncMode, SyncOutcome, SyncSession, check_stamps, full_answer,
+    leave_request, respond,
 };

@@ -190,10 +190,11 @@ fn take_budget(entries: Vec<Entry>, bytes: usize, count: usize) -> Vec<Entry> {
     out
 }
 
-/// The answer to a reference node: available entries (it knows no states
-/// and would take others for live nodes), this node's own first, as many as
-/// fit the budget.
-fn full_answer(topology: &Topology, config: &SyncConfig) -> Vec<Entry> {
+/// The answer to a reference node (a sync request without extension
+/// fields, or `GetTopology`): available entries (it knows no states and
+/// would take others for live nodes), this node's own first, as many as fit
+/// [`SyncConfig::max_full_bytes`].
+pub fn full_answer(topology: &Topology, config: &SyncConfig) -> Vec<Entry> {
     let mut entries: Vec<Entry> = topology
         .entries()
         .into_iter()

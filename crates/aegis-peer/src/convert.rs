@@ -19,12 +19,9 @@ pub(crate) fn now_unix() -> i64 {
     unix_secs(std::time::SystemTime::now())
 }
 
-/// The time the protocol core takes as input: Unix milliseconds.
+/// The time the protocol core takes as input, now.
 pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
+    aegis_mesh::unix_ms(std::time::SystemTime::now())
 }
 
 pub(crate) fn health_to_wire(node_id: &str, h: &HealthInfo) -> pb::HealthResponse {

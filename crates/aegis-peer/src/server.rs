@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aegis_mesh::{SyncConfig, SyncError, SyncRequest, SyncResponse};
+use aegis_mesh::{SyncConfig, SyncError, SyncRequest};
 use aegis_tls::{NodeId, TlsConfig};
 use aegis_topology::Topology;
 use tokio::net::{TcpListener, TcpSocket};
@@ -448,16 +448,11 @@ impl MeshHandler {
     }
 
     /// What a reference peer may see, bounded like every answer.
-    fn full_topology(&self) -> Result<Vec<pb::TopologyNode>, Status> {
-        match aegis_mesh::respond(&self.topology, SyncRequest::Full, &self.sync, now_ms()) {
-            Ok(r) => match r.response {
-                SyncResponse::Full(entries) => Ok(entries.iter().map(entry_to_wire).collect()),
-                _ => Err(Status::internal(
-                    "the core answered a full request otherwise",
-                )),
-            },
-            Err(e) => Err(sync_status(&e)),
-        }
+    fn full_topology(&self) -> Vec<pb::TopologyNode> {
+        aegis_mesh::full_answer(&self.topology, &self.sync)
+            .iter()
+            .map(entry_to_wire)
+            .collect()
     }
 }
 
@@ -578,7 +573,7 @@ impl MeshService for MeshHandler {
         authorize(&req, &req.get_ref().sender_id)?;
         Ok(Response::new(pb::GetTopologyResponse {
             version: self.version(),
-            nodes: self.full_topology()?,
+            nodes: self.full_topology(),
         }))
     }
 }

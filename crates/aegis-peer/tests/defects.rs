@@ -40,6 +40,16 @@ fn wire_node(id: &str) -> pb::TopologyNode {
     }
 }
 
+/// A step-2 sync request from `sender` that pushes `nodes` and wants nothing.
+fn push_from(sender: &str, nodes: Vec<pb::TopologyNode>) -> pb::TopologySyncRequest {
+    pb::TopologySyncRequest {
+        sender_id: sender.into(),
+        delta: true,
+        push: nodes,
+        ..Default::default()
+    }
+}
+
 /// A refused request changes nothing: v1 stored the push of a request
 /// whose `want` it then refused.
 #[tokio::test]
@@ -205,12 +215,7 @@ async fn mesh_rpcs_come_only_from_members_speaking_for_themselves() {
             .unwrap_err();
         assert_eq!(ping.code(), Code::Unauthenticated, "{cn:?}: {ping:?}");
         let push = client
-            .sync_topology(pb::TopologySyncRequest {
-                sender_id: "node-q".into(),
-                delta: true,
-                push: vec![wire_node("node-q")],
-                ..Default::default()
-            })
+            .sync_topology(push_from("node-q", vec![wire_node("node-q")]))
             .await
             .unwrap_err();
         assert_eq!(push.code(), Code::Unauthenticated, "{cn:?}: {push:?}");
@@ -220,12 +225,7 @@ async fn mesh_rpcs_come_only_from_members_speaking_for_themselves() {
     // A member speaking for another member.
     let mut client = mesh_client(&mesh.tls("node-b"), "node-a", &a.address());
     let err = client
-        .sync_topology(pb::TopologySyncRequest {
-            sender_id: "node-c".into(),
-            delta: true,
-            push: vec![wire_node("node-c")],
-            ..Default::default()
-        })
+        .sync_topology(push_from("node-c", vec![wire_node("node-c")]))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
@@ -233,12 +233,7 @@ async fn mesh_rpcs_come_only_from_members_speaking_for_themselves() {
     assert!(a.topology.get_node("node-c").is_none());
     // Speaking for itself, it is heard.
     client
-        .sync_topology(pb::TopologySyncRequest {
-            sender_id: "node-b".into(),
-            delta: true,
-            push: vec![wire_node("node-b")],
-            ..Default::default()
-        })
+        .sync_topology(push_from("node-b", vec![wire_node("node-b")]))
         .await
         .unwrap();
     assert!(a.topology.get_node("node-b").is_some());
@@ -260,12 +255,7 @@ async fn a_claim_no_owner_could_refute_is_refused() {
         ..wire_node("node-a")
     };
     let err = client
-        .sync_topology(pb::TopologySyncRequest {
-            sender_id: "node-b".into(),
-            delta: true,
-            push: vec![forged],
-            ..Default::default()
-        })
+        .sync_topology(push_from("node-b", vec![forged]))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");

@@ -5,7 +5,7 @@
 //! ends it.
 
 use std::sync::Weak;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use aegis_mesh::{Liveness, LivenessConfig, Rng, Transition};
 use aegis_peer::util::join_all;
@@ -155,11 +155,8 @@ impl MeshConfig {
     }
 }
 
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
+fn now_ms() -> u64 {
+    aegis_mesh::unix_ms(SystemTime::now())
 }
 
 /// What the driver works on.
