@@ -33,6 +33,7 @@ impl MeshService for PingOnly {
             receiver_id: "bench-server".into(),
             timestamp: 0,
             success: true,
+            ..Default::default()
         }))
     }
     async fn get_health(
@@ -65,6 +66,7 @@ fn ping_request() -> pb::PingRequest {
     pb::PingRequest {
         sender_id: "bench-client".into(),
         timestamp: 0,
+        ..Default::default()
     }
 }
 

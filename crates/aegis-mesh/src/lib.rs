@@ -5,8 +5,10 @@
 //! - the sync exchange: [`respond`] on the responder's side, [`SyncSession`]
 //!   on the requester's, with every message bounded ([`SyncConfig`]) and
 //!   every request checked whole before any of it is applied;
-//! - the liveness decisions ([`Liveness`]): whom to probe, when a silent
-//!   member becomes suspect or dead, when the departed are purged;
+//! - the liveness decisions ([`Liveness`], SWIM with Lifeguard's
+//!   refinements): whom to probe, when a silent member becomes suspect and
+//!   when dead, what to piggyback on probes ([`Piggyback`]), when the
+//!   departed are purged;
 //! - membership as events ([`MembershipView`], [`MemberEvent`]).
 //!
 //! Time and randomness are inputs: every call that needs the time takes
@@ -48,9 +50,9 @@ mod rng;
 mod sync;
 
 pub use error::SyncError;
-pub use liveness::{Liveness, LivenessConfig, Transition};
+pub use liveness::{Liveness, LivenessConfig, MAX_PIGGYBACK, Probe, Transition};
 pub use membership::{Member, MemberEvent, MembershipView};
-pub use message::{SyncRequest, SyncResponse};
+pub use message::{Piggyback, Suspicion, SyncRequest, SyncResponse};
 pub use rng::Rng;
 /// A time as the core takes it: Unix milliseconds (0 before the epoch,
 /// saturating far after it). Drivers pass `unix_ms(SystemTime::now())`;

@@ -1,79 +1,158 @@
-//! Liveness decisions: whom to probe, what a missed probe means, when the
-//! departed are purged. The driver pings and reports; this decides.
+//! Liveness decisions, after SWIM with Lifeguard's refinements: whom to
+//! probe, what a failed probe means, when a suspect becomes dead, what to
+//! piggyback on probes, when the departed are purged. The driver pings and
+//! reports; this decides.
+//!
+//! - **One probe per protocol period** (by default), to members in a
+//!   shuffled round-robin order, so probe traffic per node does not grow
+//!   with the mesh and every member is probed within a bounded number of
+//!   periods.
+//! - **Indirect probes**: a failed direct probe is retried through
+//!   [`LivenessConfig::indirect_checks`] helpers before it counts.
+//! - **Suspicion, not instant death**: a failed probe round makes the member
+//!   *suspect*; the suspicion travels on probes and acks; the member refutes
+//!   as soon as it hears of it. A suspect becomes dead only when its
+//!   suspicion timeout runs out. The timeout starts at
+//!   `suspicion_max_mult × min` and shrinks towards
+//!   `min = suspicion_mult × max(1, log10 N) × period` as independent
+//!   members confirm the suspicion (Lifeguard's dynamic suspicion).
+//! - **Local health** (Lifeguard): a node whose probes go unanswered by
+//!   everyone, that has to refute suspicions about itself, or that misses
+//!   its own periods (a stall) raises a health score that stretches its
+//!   probe timeouts and periods ([`Liveness::scale`]), so that a slow
+//!   observer does not accuse healthy members.
+//! - **Dissemination**: every change this node sees in its topology is
+//!   piggybacked on its next probes and acks, each sent
+//!   `retransmit_mult × ceil(log10(N + 1))` times; digest anti-entropy is the
+//!   backstop.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, SystemTime};
 
-use aegis_topology::{NodeId, NodeState, Stamp, Topology};
+use aegis_topology::{ApplyReport, NodeId, NodeState, Stamp, Topology};
 
-use crate::Rng;
+use crate::message::{Piggyback, Suspicion};
+use crate::sync::{SyncConfig, check_stamps};
+use crate::{Rng, SyncError};
 
-/// How liveness is judged.
+/// How liveness is judged. Every default is below, and in the field docs.
+///
+/// ```
+/// use std::time::Duration;
+/// use aegis_mesh::LivenessConfig;
+///
+/// let c = LivenessConfig::default();
+/// assert_eq!((c.period, c.max_probes, c.indirect_checks), (Duration::from_millis(300), 1, 3));
+/// assert_eq!((c.suspect_after, c.suspicion_mult, c.suspicion_max_mult), (1, 4, 6));
+/// assert_eq!((c.max_health, c.retransmit_mult, c.max_piggyback), (8, 4, 8));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LivenessConfig {
-    /// Members probed per round at most, taken from a shuffled round-robin
-    /// order of those due (so each is probed within a bounded number of
-    /// rounds).
+    /// The protocol period: the time between two probe rounds, and the unit
+    /// of suspicion timeouts. Default: 300 ms.
+    pub period: Duration,
+    /// Members probed per period, taken from a shuffled round-robin order of
+    /// those due (so each is probed within a bounded number of periods).
+    /// Default: 1 (SWIM).
     pub max_probes: usize,
-    /// Missed probes in a row (at one stamp) before a member is marked suspect.
+    /// Failed probe rounds in a row (at one stamp, each after its indirect
+    /// checks) before this node suspects a member. Default: 1.
     pub suspect_after: u32,
-    /// Missed probes in a row (at one stamp) before a member is marked dead.
-    pub dead_after: u32,
-    /// First wait before probing a dead member again; it doubles on every
-    /// miss up to [`LivenessConfig::max_dead_backoff`].
-    pub dead_backoff: Duration,
-    /// Longest wait between probes of a dead member.
-    pub max_dead_backoff: Duration,
-    /// How long a dead member is kept (and probed with back-off) before it
-    /// is purged. It can come back only with a newer entry.
-    pub dead_retention: Duration,
-    /// How long the tombstone of a member that left is kept.
-    pub tombstone_retention: Duration,
-    /// How long a purged member is remembered, so that an old copy of it
-    /// held by a partitioned node cannot bring it back.
-    pub forget_after: Duration,
+    /// The shortest suspicion timeout, in periods, times `max(1, log10 N)`.
+    /// Default: 4.
+    pub suspicion_mult: u32,
+    /// The longest suspicion timeout (with no confirmation), as a multiple
+    /// of the shortest. Default: 6.
+    pub suspicion_max_mult: u32,
+    /// The highest local health score; probe timeouts and periods are
+    /// stretched by `score + 1`. Default: 8.
+    pub max_health: u32,
+    /// Each change is piggybacked `retransmit_mult × ceil(log10(N + 1))`
+    /// times. Default: 4.
+    pub retransmit_mult: u32,
+    /// Changes, and suspicions, piggybacked per probe or ack at most (each).
+    /// Default: 8.
+    pub max_piggyback: usize,
     /// Members asked to probe a member whose direct probe failed, before a
     /// miss is counted (0: count it at once). One bad link between this
-    /// node and a member, or this node being slow, then does not count
-    /// against the member.
+    /// node and a member then does not count against the member.
+    /// Default: 3.
     pub indirect_checks: usize,
+    /// First wait before probing a dead member again; it doubles on every
+    /// miss up to [`LivenessConfig::max_dead_backoff`]. Default: 1 s.
+    pub dead_backoff: Duration,
+    /// Longest wait between probes of a dead member. Default: 60 s.
+    pub max_dead_backoff: Duration,
+    /// How long a dead member is kept (and probed with back-off) before it
+    /// is purged. It can come back only with a newer entry. Default: 5 min.
+    pub dead_retention: Duration,
+    /// How long the tombstone of a member that left is kept. Default: 10 min.
+    pub tombstone_retention: Duration,
+    /// How long a purged member is remembered, so that an old copy of it
+    /// held by a partitioned node cannot bring it back. Default: 24 h.
+    pub forget_after: Duration,
 }
 
 impl Default for LivenessConfig {
     fn default() -> Self {
         Self {
-            max_probes: 32,
-            suspect_after: 2,
-            dead_after: 4,
+            period: Duration::from_millis(300),
+            max_probes: 1,
+            suspect_after: 1,
+            suspicion_mult: 4,
+            suspicion_max_mult: 6,
+            max_health: 8,
+            retransmit_mult: 4,
+            max_piggyback: 8,
+            indirect_checks: 3,
             dead_backoff: Duration::from_secs(1),
             max_dead_backoff: Duration::from_secs(60),
             dead_retention: Duration::from_secs(300),
             tombstone_retention: Duration::from_secs(600),
             forget_after: Duration::from_secs(24 * 3600),
-            indirect_checks: 3,
         }
     }
+}
+
+/// What one probe round found out about a member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probe {
+    /// The member answered, directly or through a helper.
+    Answered,
+    /// No answer. `asked` helpers were asked to probe it and `replied` of
+    /// them answered this node (without the member's ack): helpers that
+    /// answer show that this node's own links work, so the miss is the
+    /// member's; helpers that stay silent count against this node's health.
+    Missed {
+        /// Helpers asked.
+        asked: usize,
+        /// Helpers that answered.
+        replied: usize,
+    },
 }
 
 /// A change of a member's liveness as this node judged it: reported once
 /// per change, never per probe.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Transition {
-    /// The member missed enough probes to be suspect (marked in the topology).
+    /// This node's probes of the member failed: it suspects it (and marked
+    /// it suspect in the topology, unless another member had already).
     Suspect {
         /// The member.
         id: NodeId,
-        /// Probes missed in a row.
+        /// Probe rounds missed in a row.
         missed: u32,
     },
-    /// The member missed enough probes to be dead (marked in the topology).
+    /// The member's suspicion timed out here: marked dead in the topology.
     Dead {
         /// The member.
         id: NodeId,
-        /// Probes missed in a row.
-        missed: u32,
+        /// Independent members that confirmed the suspicion.
+        confirmations: usize,
+        /// How long it was suspect here, in milliseconds.
+        suspect_ms: u64,
     },
-    /// A member this node had marked suspect or dead answered again; it
+    /// A member this node had suspected or found dead answered again; it
     /// refutes by raising its stamp once it hears of the mark.
     Answering {
         /// The member.
@@ -94,20 +173,60 @@ struct Track {
     reported: Option<NodeState>,
     /// Whether the member ever answered this node.
     answered_once: bool,
+    /// A stamp at which the member answered this node while suspect: this
+    /// node runs no suspicion timer of its own for it at that stamp.
+    cleared_at: Option<Stamp>,
 }
 
-/// The liveness state of one node: a miss count per member, and the
-/// back-off of dead members.
+/// A running suspicion timer.
+#[derive(Debug, Clone)]
+struct Timer {
+    stamp: Stamp,
+    started_ms: u64,
+    /// The timer does not fire before this (pushed on after a stall, so
+    /// that news held up meanwhile can arrive first).
+    not_before_ms: u64,
+    /// Distinct members known to suspect the member, the first one first.
+    suspectors: Vec<NodeId>,
+}
+
+/// A change waiting to be piggybacked, and how often it went out.
+#[derive(Debug, Clone)]
+struct Queued<T> {
+    item: T,
+    sends: u32,
+}
+
+/// The liveness state of one node: probe orders, miss counts, suspicion
+/// timers, the local health score and the piggyback queues.
 #[derive(Debug)]
 pub struct Liveness {
     config: LivenessConfig,
     local: NodeId,
     tracks: HashMap<NodeId, Track>,
+    timers: HashMap<NodeId, Timer>,
     /// The probe order of members that have answered, and of those that
     /// have not: each a shuffled cycle, taken from the front.
     known_order: VecDeque<NodeId>,
     unknown_order: VecDeque<NodeId>,
+    /// The topology as last seen: its version, each entry's stamp and state.
+    seen_version: Option<u64>,
+    seen: HashMap<NodeId, (Stamp, NodeState)>,
+    /// Members neither dead nor gone (this node included): the N of
+    /// timeouts and retransmit limits.
+    live: usize,
+    news: Vec<Queued<NodeId>>,
+    notes: Vec<Queued<Suspicion>>,
+    health: u32,
+    last_tick_ms: Option<u64>,
 }
+
+/// Changes (and suspicions) waiting to be piggybacked, at most; the ones
+/// sent most often go first when there are more.
+const MAX_QUEUED: usize = 256;
+
+/// Piggybacked changes or suspicions accepted in one message at most.
+pub const MAX_PIGGYBACK: usize = 64;
 
 /// The next member of a round-robin `order` that is in `due` and not taken
 /// yet; when the cycle is used up, a new one is shuffled from `due`.
@@ -138,6 +257,37 @@ fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// Puts `item` in `queue` to be sent afresh (once only), dropping the most
+/// sent ones beyond [`MAX_QUEUED`].
+fn enqueue<T: PartialEq>(queue: &mut Vec<Queued<T>>, item: T) {
+    if let Some(q) = queue.iter_mut().find(|q| q.item == item) {
+        q.sends = 0;
+        return;
+    }
+    queue.push(Queued { item, sends: 0 });
+    if queue.len() > MAX_QUEUED {
+        queue.sort_by_key(|q| q.sends);
+        queue.truncate(MAX_QUEUED);
+    }
+}
+
+/// Takes up to `max` items from `queue`, least sent first, and counts the
+/// sending; items sent `limit` times leave the queue.
+fn take<T: Clone>(queue: &mut Vec<Queued<T>>, max: usize, limit: u32) -> Vec<T> {
+    // A stable sort: among equals, the older change goes first.
+    queue.sort_by_key(|q| q.sends);
+    let out: Vec<T> = queue
+        .iter_mut()
+        .take(max)
+        .map(|q| {
+            q.sends += 1;
+            q.item.clone()
+        })
+        .collect();
+    queue.retain(|q| q.sends < limit);
+    out
+}
+
 impl Liveness {
     /// Liveness for the node `local` (never probed, never marked).
     pub fn new(local: NodeId, config: LivenessConfig) -> Self {
@@ -145,8 +295,16 @@ impl Liveness {
             config,
             local,
             tracks: HashMap::new(),
+            timers: HashMap::new(),
             known_order: VecDeque::new(),
             unknown_order: VecDeque::new(),
+            seen_version: None,
+            seen: HashMap::new(),
+            live: 1,
+            news: Vec::new(),
+            notes: Vec::new(),
+            health: 0,
+            last_tick_ms: None,
         }
     }
 
@@ -155,39 +313,203 @@ impl Liveness {
         &self.config
     }
 
-    /// Whom to probe this round: members that have not left, at most
-    /// [`LivenessConfig::max_probes`] of them at random, dead members only
-    /// when their back-off is over.
+    /// The local health score, from 0 (healthy) to
+    /// [`LivenessConfig::max_health`].
+    pub fn health(&self) -> u32 {
+        self.health
+    }
+
+    /// `base` stretched by the local health score (`base × (score + 1)`):
+    /// what the driver waits for a probe, and between periods.
+    pub fn scale(&self, base: Duration) -> Duration {
+        base.saturating_mul(self.health + 1)
+    }
+
+    fn raise_health(&mut self, by: usize) {
+        let by = u32::try_from(by).unwrap_or(u32::MAX);
+        self.health = self.health.saturating_add(by).min(self.config.max_health);
+    }
+
+    /// This node had to refute a suspicion or death about itself: a sign
+    /// that it is slow or badly connected, so it becomes more patient.
+    pub fn on_refuted(&mut self) {
+        self.raise_health(1);
+    }
+
+    /// Members that are neither dead nor gone, this node included.
+    pub fn live_members(&self) -> usize {
+        self.live
+    }
+
+    /// Suspicion timers running here.
+    pub fn suspicions(&self) -> usize {
+        self.timers.len()
+    }
+
+    /// The suspicion timeout with `confirmations` independent confirmations:
+    /// from `suspicion_max_mult × min` down to `min`, on a logarithmic curve
+    /// reaching `min` after `suspicion_mult - 2` confirmations.
+    pub fn suspicion_timeout(&self, confirmations: usize) -> Duration {
+        let n = self.live.max(1) as f64;
+        let min = f64::from(self.config.suspicion_mult)
+            * n.log10().max(1.0)
+            * self.config.period.as_secs_f64();
+        let max = f64::from(self.config.suspicion_max_mult.max(1)) * min;
+        // Confirmations to expect: none in a mesh too small to give them.
+        let mut k = self.config.suspicion_mult.saturating_sub(2) as usize;
+        if self.live.saturating_sub(2) < k {
+            k = 0;
+        }
+        let secs = if k == 0 {
+            min
+        } else {
+            let c = confirmations.min(k) as f64;
+            let fraction = (c + 1.0).ln() / (k as f64 + 1.0).ln();
+            (max - (max - min) * fraction).max(min)
+        };
+        Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX)
+    }
+
+    fn deadline(&self, timer: &Timer) -> u64 {
+        let confirmations = timer.suspectors.len().saturating_sub(1);
+        timer
+            .started_ms
+            .saturating_add(ms(self.suspicion_timeout(confirmations)))
+            .max(timer.not_before_ms)
+    }
+
+    /// Reads the topology again if it changed since the last look: queues
+    /// every changed entry for piggybacking, starts a timer for every
+    /// suspect without one, drops the timers of members that refuted.
+    fn refresh(&mut self, topology: &Topology, now_ms: u64) {
+        let version = topology.version();
+        if self.seen_version == Some(version) {
+            return;
+        }
+        let first = self.seen_version.is_none();
+        self.seen_version = Some(version);
+        let entries = topology.entries();
+        let mut seen = HashMap::with_capacity(entries.len());
+        let mut live = 0;
+        for e in &entries {
+            let id = e.id();
+            let now = (e.stamp, e.state);
+            if matches!(e.state, NodeState::Alive | NodeState::Suspect) {
+                live += 1;
+            }
+            // At the first look only this node's own entry is news (it
+            // announces itself); later, every change is.
+            let changed = self.seen.get(id) != Some(&now);
+            if changed && (!first || *id == self.local) {
+                enqueue(&mut self.news, id.clone());
+            }
+            if e.state == NodeState::Suspect
+                && *id != self.local
+                && !self.timers.contains_key(id)
+                && self.tracks.get(id).and_then(|t| t.cleared_at) != Some(e.stamp)
+            {
+                self.timers.insert(
+                    id.clone(),
+                    Timer {
+                        stamp: e.stamp,
+                        started_ms: now_ms,
+                        not_before_ms: 0,
+                        suspectors: Vec::new(),
+                    },
+                );
+            }
+            seen.insert(id.clone(), now);
+        }
+        self.timers.retain(|id, t| {
+            seen.get(id)
+                .is_some_and(|(stamp, state)| *stamp == t.stamp && *state == NodeState::Suspect)
+        });
+        self.tracks.retain(|id, _| {
+            seen.get(id)
+                .is_some_and(|(_, state)| *state != NodeState::Left)
+        });
+        self.seen = seen;
+        self.live = live.max(1);
+    }
+
+    /// Runs the clock: fires the suspicion timers that ran out (marking those
+    /// members dead in the topology), and notices a stall of this node (a
+    /// tick more than two periods after the last one), which lowers its
+    /// health and gives every running timer at least one more period.
+    /// Call once per period, before [`Liveness::probes`].
+    pub fn tick(&mut self, topology: &Topology, now_ms: u64) -> Vec<Transition> {
+        self.refresh(topology, now_ms);
+        let period = ms(self.config.period);
+        if let Some(last) = self.last_tick_ms
+            && now_ms.saturating_sub(last) > 2 * ms(self.scale(self.config.period))
+        {
+            self.raise_health(1);
+            let resume = now_ms.saturating_add(period);
+            for t in self.timers.values_mut() {
+                t.not_before_ms = t.not_before_ms.max(resume);
+            }
+        }
+        self.last_tick_ms = Some(now_ms);
+        let mut expired: Vec<NodeId> = self
+            .timers
+            .iter()
+            .filter(|(_, t)| now_ms >= self.deadline(t))
+            .map(|(id, _)| id.clone())
+            .collect();
+        expired.sort();
+        let mut out = Vec::new();
+        for id in expired {
+            let Some(timer) = self.timers.remove(&id) else {
+                continue;
+            };
+            if !topology.mark(id.as_str(), NodeState::Dead).unwrap_or(false) {
+                continue;
+            }
+            let track = self.tracks.entry(id.clone()).or_default();
+            track.stamp = timer.stamp;
+            track.backoff_ms = ms(self.config.dead_backoff);
+            track.next_probe_ms = now_ms.saturating_add(track.backoff_ms);
+            track.reported = Some(NodeState::Dead);
+            out.push(Transition::Dead {
+                id,
+                confirmations: timer.suspectors.len().saturating_sub(1),
+                suspect_ms: now_ms.saturating_sub(timer.started_ms),
+            });
+        }
+        self.refresh(topology, now_ms);
+        out
+    }
+
+    /// Whom to probe this period: members that have not left, at most
+    /// [`LivenessConfig::max_probes`] of them, dead members only when their
+    /// back-off is over.
     ///
     /// Each probe goes, with even odds, to a member that has answered this
     /// node before or to one that has not (to either when the other side
     /// has none left): so a flood of entries that never answer (a member
     /// can push thousands) cannot crowd out the probes that find a real
-    /// member dead, and new members are still probed.
+    /// member dead, and new members are still probed. Within each side,
+    /// members come in a shuffled round-robin order.
     pub fn probes(&mut self, topology: &Topology, now_ms: u64, rng: &mut Rng) -> Vec<NodeId> {
-        let entries = topology.entries();
-        let present: HashSet<&NodeId> = entries
+        self.refresh(topology, now_ms);
+        let mut due: Vec<(&NodeId, &(Stamp, NodeState))> = self
+            .seen
             .iter()
-            .filter(|e| e.state != NodeState::Left)
-            .map(|e| e.id())
-            .collect();
-        self.tracks.retain(|id, _| present.contains(id));
-        let (known, unknown): (Vec<NodeId>, Vec<NodeId>) = entries
-            .iter()
-            .filter(|e| e.state != NodeState::Left && *e.id() != self.local)
-            .filter(|e| {
-                e.state != NodeState::Dead
+            .filter(|(id, (_, state))| *state != NodeState::Left && **id != self.local)
+            .filter(|(id, (_, state))| {
+                *state != NodeState::Dead
                     || self
                         .tracks
-                        .get(e.id())
+                        .get(*id)
                         .is_none_or(|t| t.next_probe_ms <= now_ms)
             })
-            .map(|e| e.id().clone())
+            .collect();
+        // Hash-map order is not part of the input.
+        due.sort_by(|a, b| a.0.cmp(b.0));
+        let (known, unknown): (Vec<NodeId>, Vec<NodeId>) = due
+            .into_iter()
+            .map(|(id, _)| id.clone())
             .partition(|id| self.tracks.get(id).is_some_and(|t| t.answered_once));
-        // Each probe goes to either side with even odds while both have
-        // members left (so neither starves, even at one probe a round);
-        // within a side, members come in a shuffled round-robin order, so
-        // each is probed within a bounded number of rounds.
         let max = self.config.max_probes.max(1);
         let (mut from_known, mut from_unknown) = (0, 0);
         for _ in 0..max {
@@ -221,44 +543,47 @@ impl Liveness {
     }
 
     /// Whom to ask to probe `target` for this node after its own probe
-    /// failed: up to [`LivenessConfig::indirect_checks`] available members
-    /// that have answered this node before, at random (never the target or
-    /// this node). Report the outcome with [`Liveness::on_probe`]: answered
-    /// if any helper got an answer.
-    pub fn helpers(&self, topology: &Topology, target: &NodeId, rng: &mut Rng) -> Vec<NodeId> {
+    /// failed: up to [`LivenessConfig::indirect_checks`] alive members at
+    /// random (never the target or this node, nor a member whose own last
+    /// probe failed). Report the outcome with [`Liveness::on_probe`].
+    pub fn helpers(&self, target: &NodeId, rng: &mut Rng) -> Vec<NodeId> {
         let mut candidates: Vec<NodeId> = self
-            .tracks
+            .seen
             .iter()
-            .filter(|(id, t)| {
-                t.answered_once && t.misses == 0 && *id != target && **id != self.local
-            })
-            .filter(|(id, _)| {
-                topology
-                    .state_of(id.as_str())
-                    .is_some_and(|s| s == NodeState::Alive)
+            .filter(|(id, (_, state))| {
+                *state == NodeState::Alive
+                    && *id != target
+                    && **id != self.local
+                    && self.tracks.get(*id).is_none_or(|t| t.misses == 0)
             })
             .map(|(id, _)| id.clone())
             .collect();
-        // Hash-map order is not part of the input: sort, so that a seeded
-        // run chooses the same helpers every time.
         candidates.sort();
         let k = rng.choose(&mut candidates, self.config.indirect_checks);
         candidates.truncate(k);
         candidates
     }
 
-    /// Takes the outcome of a probe; marks the topology when a threshold is
-    /// crossed; returns a transition the first time one happens.
+    /// Takes the outcome of a probe round of `id`; suspects the member when
+    /// [`LivenessConfig::suspect_after`] rounds in a row failed (marking it
+    /// in the topology and queueing the suspicion for piggybacking);
+    /// adjusts the local health. Returns a transition the first time one
+    /// happens.
     pub fn on_probe(
         &mut self,
         topology: &Topology,
         id: &NodeId,
-        answered: bool,
+        probe: Probe,
         now_ms: u64,
     ) -> Option<Transition> {
         let entry = topology.get_entry(id.as_str())?;
         if entry.state == NodeState::Left || *id == self.local {
             return None;
+        }
+        match probe {
+            Probe::Answered => self.health = self.health.saturating_sub(1),
+            Probe::Missed { asked: 0, .. } => self.raise_health(1),
+            Probe::Missed { asked, replied } => self.raise_health(asked.saturating_sub(replied)),
         }
         let track = self.tracks.entry(id.clone()).or_default();
         if track.stamp != entry.stamp {
@@ -266,15 +591,22 @@ impl Liveness {
             track.stamp = entry.stamp;
             track.misses = 0;
             track.backoff_ms = 0;
+            track.cleared_at = None;
             if entry.state == NodeState::Alive {
                 track.reported = None;
             }
         }
-        if answered {
+        if probe == Probe::Answered {
             track.answered_once = true;
             track.misses = 0;
             track.backoff_ms = 0;
             track.next_probe_ms = 0;
+            if entry.state == NodeState::Suspect {
+                // It answers: this node will not be the one to declare it
+                // dead. The mark stays until the member refutes it.
+                track.cleared_at = Some(entry.stamp);
+                self.timers.remove(id);
+            }
             return match track.reported.take() {
                 Some(NodeState::Suspect | NodeState::Dead) => {
                     Some(Transition::Answering { id: id.clone() })
@@ -296,33 +628,153 @@ impl Liveness {
             track.reported = Some(NodeState::Dead);
             return None;
         }
-        let state = if track.misses >= self.config.dead_after {
-            NodeState::Dead
-        } else if track.misses >= self.config.suspect_after {
-            NodeState::Suspect
-        } else {
-            return None;
-        };
-        if state == NodeState::Dead {
-            track.backoff_ms = ms(self.config.dead_backoff);
-            track.next_probe_ms = now_ms.saturating_add(track.backoff_ms);
-        }
-        let changed = topology.mark(id.as_str(), state).unwrap_or(false);
-        if !changed || track.reported == Some(state) {
+        if track.misses < self.config.suspect_after {
             return None;
         }
-        track.reported = Some(state);
+        track.cleared_at = None;
+        let first_report = track.reported != Some(NodeState::Suspect);
+        track.reported = Some(NodeState::Suspect);
         let missed = track.misses;
-        Some(match state {
-            NodeState::Dead => Transition::Dead {
-                id: id.clone(),
-                missed,
-            },
-            _ => Transition::Suspect {
-                id: id.clone(),
-                missed,
-            },
+        let _ = topology.mark(id.as_str(), NodeState::Suspect);
+        let note = Suspicion {
+            target: id.clone(),
+            stamp: entry.stamp,
+            from: self.local.clone(),
+        };
+        self.confirm(&note, now_ms);
+        first_report.then(|| Transition::Suspect {
+            id: id.clone(),
+            missed,
         })
+    }
+
+    /// Counts `note.from` as a suspector of the member (starting a timer if
+    /// none runs); a suspector new here is passed on. Returns whether it
+    /// was new.
+    fn confirm(&mut self, note: &Suspicion, now_ms: u64) -> bool {
+        let timer = self
+            .timers
+            .entry(note.target.clone())
+            .or_insert_with(|| Timer {
+                stamp: note.stamp,
+                started_ms: now_ms,
+                not_before_ms: 0,
+                suspectors: Vec::new(),
+            });
+        if timer.stamp != note.stamp {
+            *timer = Timer {
+                stamp: note.stamp,
+                started_ms: now_ms,
+                not_before_ms: 0,
+                suspectors: Vec::new(),
+            };
+        }
+        // Past this many suspectors the timeout is at its shortest: more
+        // are neither kept nor passed on.
+        let enough = self.config.suspicion_mult.saturating_sub(1).max(1) as usize;
+        if timer.suspectors.len() > enough || timer.suspectors.contains(&note.from) {
+            return false;
+        }
+        timer.suspectors.push(note.from.clone());
+        enqueue(&mut self.notes, note.clone());
+        true
+    }
+
+    /// Takes a suspicion heard from another member: if this node holds the
+    /// member suspect at the same stamp, the suspector counts as a
+    /// confirmation (and is passed on). Notes about this node itself are
+    /// left to the piggybacked entry, whose merge refutes them.
+    pub fn on_suspicion(&mut self, topology: &Topology, note: &Suspicion, now_ms: u64) -> bool {
+        if note.target == self.local {
+            return false;
+        }
+        let Some(entry) = topology.get_entry(note.target.as_str()) else {
+            return false;
+        };
+        if entry.stamp != note.stamp || entry.state != NodeState::Suspect {
+            return false;
+        }
+        if self
+            .tracks
+            .get(&note.target)
+            .is_some_and(|t| t.cleared_at == Some(note.stamp))
+        {
+            return false;
+        }
+        self.confirm(note, now_ms)
+    }
+
+    /// What to piggyback on the next probe or ack: the least-sent queued
+    /// changes (as the topology holds them now) and suspicions, up to
+    /// [`LivenessConfig::max_piggyback`] each. The entry of every member a
+    /// suspicion names goes along, so a receiver can act on it.
+    pub fn piggyback(&mut self, topology: &Topology) -> Piggyback {
+        self.refresh(topology, self.last_tick_ms.unwrap_or(0));
+        let limit = self.retransmit_limit();
+        let max = self.config.max_piggyback.min(MAX_PIGGYBACK);
+        let suspicions = take(&mut self.notes, max, limit);
+        let mut ids = take(&mut self.news, max, limit);
+        for s in &suspicions {
+            if !ids.contains(&s.target) {
+                ids.push(s.target.clone());
+            }
+        }
+        ids.truncate(MAX_PIGGYBACK);
+        Piggyback {
+            updates: topology.entries_for(&ids),
+            suspicions,
+        }
+    }
+
+    /// How often each change is piggybacked: `retransmit_mult ×
+    /// ceil(log10(N + 1))`.
+    pub fn retransmit_limit(&self) -> u32 {
+        let scale = ((self.live + 1) as f64).log10().ceil().max(1.0);
+        (f64::from(self.config.retransmit_mult.max(1)) * scale) as u32
+    }
+
+    /// Takes what a probe or ack carried: its changes are checked whole
+    /// (count, stamps, fields) and merged, then its suspicions counted.
+    /// A merge that refuted a claim about this node lowers its health.
+    ///
+    /// # Errors
+    /// [`SyncError::InvalidRequest`] for more than [`MAX_PIGGYBACK`] of
+    /// either, [`SyncError::StampTooHigh`] or a topology error naming the
+    /// entry: then nothing of it is applied.
+    pub fn on_piggyback(
+        &mut self,
+        topology: &Topology,
+        piggyback: Piggyback,
+        config: &SyncConfig,
+        now_ms: u64,
+    ) -> Result<ApplyReport, SyncError> {
+        for (field, count) in [
+            ("updates", piggyback.updates.len()),
+            ("suspicions", piggyback.suspicions.len()),
+        ] {
+            if count > MAX_PIGGYBACK {
+                return Err(SyncError::InvalidRequest {
+                    field,
+                    reason: format!("{count} items, more than {MAX_PIGGYBACK}"),
+                });
+            }
+        }
+        check_stamps(&piggyback.updates, config, now_ms)?;
+        let report = if piggyback.updates.is_empty() {
+            ApplyReport::default()
+        } else {
+            topology.apply(piggyback.updates)?
+        };
+        if report.refuted {
+            self.on_refuted();
+        }
+        if !piggyback.suspicions.is_empty() {
+            self.refresh(topology, now_ms);
+            for note in &piggyback.suspicions {
+                self.on_suspicion(topology, note, now_ms);
+            }
+        }
+        Ok(report)
     }
 
     /// Up to `fanout` nodes to sync with: first seeds (nodes the caller was

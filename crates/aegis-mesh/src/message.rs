@@ -2,7 +2,7 @@
 //! (`aegis-peer`) maps them to and from `proto/aegis/mesh.proto`; the
 //! simulation passes them by value.
 
-use aegis_topology::{Digest, Entry, EntryDigest, NodeId};
+use aegis_topology::{Digest, Entry, EntryDigest, NodeId, Stamp};
 
 /// What a requester sends.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,5 +81,45 @@ impl SyncResponse {
                     entries_len(entries)
                 }
             }
+    }
+}
+
+/// A member's suspicion of another, as it travels piggybacked: `from`
+/// suspects `target` at `stamp`. Counted once per `from` (Lifeguard's
+/// independent confirmations).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Suspicion {
+    /// The suspected member.
+    pub target: NodeId,
+    /// The target's stamp the suspicion is about (a refutation raises it).
+    pub stamp: Stamp,
+    /// The member that suspects it.
+    pub from: NodeId,
+}
+
+/// What a probe or its ack carries besides the ping: recent changes and
+/// suspicions (see [`crate::Liveness::piggyback`]). Empty in steady state.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Piggyback {
+    /// Entries that changed recently, as the sender holds them.
+    pub updates: Vec<Entry>,
+    /// Suspicions the sender holds or heard.
+    pub suspicions: Vec<Suspicion>,
+}
+
+impl Piggyback {
+    /// Whether it carries nothing.
+    pub fn is_empty(&self) -> bool {
+        self.updates.is_empty() && self.suspicions.is_empty()
+    }
+
+    /// Approximate size on the wire, in bytes.
+    pub fn encoded_len(&self) -> usize {
+        entries_len(&self.updates)
+            + self
+                .suspicions
+                .iter()
+                .map(|s| s.target.as_str().len() + s.from.as_str().len() + 24)
+                .sum::<usize>()
     }
 }

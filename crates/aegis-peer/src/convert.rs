@@ -1,6 +1,6 @@
 //! Between the wire messages and the topology's types.
 
-use aegis_mesh::{SyncRequest, SyncResponse};
+use aegis_mesh::{MAX_PIGGYBACK, Piggyback, Suspicion, SyncRequest, SyncResponse};
 use aegis_topology::{
     BUCKETS, Digest, Entry, EntryDigest, NodeId, NodeInfo, NodeState, NodeType, ServiceInfo, Stamp,
     TopologyError,
@@ -309,6 +309,55 @@ pub(crate) fn response_from_wire(w: pb::TopologySyncResponse) -> Result<SyncResp
     Ok(SyncResponse::Entries {
         entries,
         more: w.more,
+    })
+}
+
+/// A probe's or ack's piggyback, for the wire.
+pub(crate) fn piggyback_to_wire(p: &Piggyback) -> (Vec<pb::TopologyNode>, Vec<pb::Suspicion>) {
+    let updates = p.updates.iter().map(entry_to_wire).collect();
+    let suspicions = p
+        .suspicions
+        .iter()
+        .map(|s| pb::Suspicion {
+            target_id: s.target.to_string(),
+            generation: s.stamp.generation,
+            version: s.stamp.version,
+            from_id: s.from.to_string(),
+        })
+        .collect();
+    (updates, suspicions)
+}
+
+/// A piggyback from the wire: at most [`MAX_PIGGYBACK`] of each (checked
+/// before anything is converted), every ID valid.
+pub(crate) fn piggyback_from_wire(
+    updates: Vec<pb::TopologyNode>,
+    suspicions: Vec<pb::Suspicion>,
+) -> Result<Piggyback, WireError> {
+    for (field, count) in [("updates", updates.len()), ("suspicions", suspicions.len())] {
+        if count > MAX_PIGGYBACK {
+            return Err(WireError {
+                field,
+                reason: format!("{count} items, more than {MAX_PIGGYBACK}"),
+                source: None,
+            });
+        }
+    }
+    let updates = entries_from_wire(updates).map_err(wire_err("updates"))?;
+    let suspicions = suspicions
+        .into_iter()
+        .map(|s| {
+            let id = |v: &str| NodeId::new(v).map_err(|e| wire_err("suspicions")(e.into()));
+            Ok(Suspicion {
+                target: id(&s.target_id)?,
+                stamp: Stamp::new(s.generation, s.version),
+                from: id(&s.from_id)?,
+            })
+        })
+        .collect::<Result<_, WireError>>()?;
+    Ok(Piggyback {
+        updates,
+        suspicions,
     })
 }
 

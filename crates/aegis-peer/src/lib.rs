@@ -54,6 +54,6 @@ pub use health::{
 };
 pub use peer::{
     HealthResponse, NodeInfoResponse, Peer, PeerConfig, PeerInfo, PeerManager, PingResponse,
-    SyncMode, SyncReport,
+    SharedLiveness, SyncMode, SyncReport, lock_liveness,
 };
 pub use server::{MeshServer, MeshServerConfig, Registrar, ServerHandle, serve_routes};

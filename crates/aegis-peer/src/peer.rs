@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use aegis_tls::TlsConfig;
@@ -12,13 +12,16 @@ use prost::Message;
 use tonic::transport::Channel;
 
 use crate::PeerError;
-use crate::convert::{health_from_wire, now_ms, now_unix, request_to_wire, response_from_wire};
+use crate::convert::{
+    health_from_wire, now_ms, now_unix, piggyback_from_wire, piggyback_to_wire, request_to_wire,
+    response_from_wire,
+};
 use crate::health::HealthInfo;
 use crate::proto::mesh as pb;
 use crate::proto::mesh::mesh_service_client::MeshServiceClient;
 use crate::transport::{ChannelOptions, check_address, mtls_channel};
 use crate::util::join_all;
-use aegis_mesh::{Step, SyncConfig, SyncRequest, SyncSession};
+use aegis_mesh::{Liveness, Step, SyncConfig, SyncRequest, SyncSession};
 
 /// Who a peer is and where it listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -219,6 +222,17 @@ pub struct PeerManager {
     config: PeerConfig,
     peers: RwLock<HashMap<NodeId, Peer>>,
     closed: AtomicBool,
+    liveness: Option<SharedLiveness>,
+}
+
+/// A node's liveness state, shared by its mesh driver, its pings and its
+/// server (which takes and returns piggybacks on probes).
+pub type SharedLiveness = Arc<Mutex<Liveness>>;
+
+/// Locks the liveness state; a panic elsewhere while it was held leaves it
+/// usable (it holds no invariant a half-done call could break for good).
+pub fn lock_liveness(l: &SharedLiveness) -> MutexGuard<'_, Liveness> {
+    l.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl std::fmt::Debug for PeerManager {
@@ -241,7 +255,22 @@ impl PeerManager {
             config: PeerConfig::default(),
             peers: RwLock::new(HashMap::new()),
             closed: AtomicBool::new(false),
+            liveness: None,
         }
+    }
+
+    /// Piggybacks this liveness state's news on every ping this manager
+    /// makes, and takes the news on every answer (see
+    /// [`aegis_mesh::Liveness::piggyback`]). The server answering for the
+    /// same node uses it too ([`crate::MeshServer::with_peers`]).
+    pub fn with_liveness(mut self, liveness: SharedLiveness) -> Self {
+        self.liveness = Some(liveness);
+        self
+    }
+
+    /// The liveness state given by [`PeerManager::with_liveness`].
+    pub fn liveness(&self) -> Option<&SharedLiveness> {
+        self.liveness.as_ref()
     }
 
     /// Other timeouts.
@@ -404,9 +433,17 @@ impl PeerManager {
     pub async fn ping_peer(&self, id: &str) -> Result<PingResponse, PeerError> {
         let peer = self.peer(id)?;
         let mut client = peer.client()?;
+        let piggyback = self
+            .liveness
+            .as_ref()
+            .map(|l| lock_liveness(l).piggyback(&self.topology))
+            .unwrap_or_default();
+        let (updates, suspicions) = piggyback_to_wire(&piggyback);
         let req = self.request(pb::PingRequest {
             sender_id: self.local_id.to_string(),
             timestamp: now_unix(),
+            updates,
+            suspicions,
         });
         let start = Instant::now();
         let resp = self.call(&peer, "Ping", client.ping(req)).await?;
@@ -422,11 +459,26 @@ impl PeerManager {
                 ),
             });
         }
+        let latency = start.elapsed();
+        if let Some(l) = &self.liveness
+            && !(resp.updates.is_empty() && resp.suspicions.is_empty())
+        {
+            let taken = piggyback_from_wire(resp.updates, resp.suspicions)
+                .map_err(|e| e.to_string())
+                .and_then(|p| {
+                    lock_liveness(l)
+                        .on_piggyback(&self.topology, p, &self.config.sync, now_ms())
+                        .map_err(|e| e.to_string())
+                });
+            if let Err(e) = taken {
+                tracing::warn!(peer = %id, error = %e, "ignored the piggyback of a ping answer");
+            }
+        }
         Ok(PingResponse {
             receiver_id: resp.receiver_id,
             timestamp: resp.timestamp,
             success: resp.success,
-            latency: start.elapsed(),
+            latency,
         })
     }
 

@@ -19,9 +19,11 @@ use tonic_health::ServingStatus;
 
 use crate::caller::caller_from_request;
 use crate::convert::{
-    entry_to_wire, health_to_wire, now_ms, now_unix, request_from_wire, response_to_wire,
+    entry_to_wire, health_to_wire, now_ms, now_unix, piggyback_from_wire, piggyback_to_wire,
+    request_from_wire, response_to_wire,
 };
 use crate::health::{Health, HealthStatus};
+use crate::peer::lock_liveness;
 use crate::proto::mesh as pb;
 use crate::proto::mesh::mesh_service_server::{MeshService, MeshServiceServer};
 use crate::transport::{Connections, MeshStream, check_address};
@@ -464,10 +466,37 @@ impl MeshService for MeshHandler {
     ) -> Result<Response<pb::PingResponse>, Status> {
         let caller = authorize(&req, &req.get_ref().sender_id)?;
         tracing::trace!(caller = %caller, "ping");
+        let req = req.into_inner();
+        // The ping is answered whatever its piggyback holds: liveness does
+        // not depend on gossip. A bad piggyback is skipped, naming why.
+        let (updates, suspicions) = match self.peers.as_ref().and_then(|p| p.liveness()) {
+            Some(l) => {
+                let now = now_ms();
+                let incoming = if req.updates.is_empty() && req.suspicions.is_empty() {
+                    Ok(())
+                } else {
+                    piggyback_from_wire(req.updates, req.suspicions)
+                        .map_err(|e| e.to_string())
+                        .and_then(|p| {
+                            lock_liveness(l)
+                                .on_piggyback(&self.topology, p, &self.sync, now)
+                                .map(|_| ())
+                                .map_err(|e| e.to_string())
+                        })
+                };
+                if let Err(e) = incoming {
+                    tracing::warn!(caller = %caller, error = %e, "ignored the piggyback of a ping");
+                }
+                piggyback_to_wire(&lock_liveness(l).piggyback(&self.topology))
+            }
+            None => (Vec::new(), Vec::new()),
+        };
         Ok(Response::new(pb::PingResponse {
             receiver_id: self.node_id.to_string(),
             timestamp: now_unix(),
             success: true,
+            updates,
+            suspicions,
         }))
     }
 
@@ -517,6 +546,11 @@ impl MeshService for MeshHandler {
                 tracing::debug!(caller = %caller, error = %e, "sync request refused");
                 sync_status(&e)
             })?;
+        if responded.applied.refuted
+            && let Some(l) = self.peers.as_ref().and_then(|p| p.liveness())
+        {
+            lock_liveness(l).on_refuted();
+        }
         let resp = response_to_wire(&responded.response, self.version());
         tracing::debug!(
             caller = %caller,

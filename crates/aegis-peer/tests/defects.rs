@@ -210,6 +210,7 @@ async fn mesh_rpcs_come_only_from_members_speaking_for_themselves() {
             .ping(pb::PingRequest {
                 sender_id: String::new(),
                 timestamp: 0,
+                ..Default::default()
             })
             .await
             .unwrap_err();
@@ -326,4 +327,108 @@ async fn a_helper_pings_members_for_others() {
             .await
             .unwrap()
     );
+}
+
+/// A node with a liveness state and its server.
+async fn live_node(
+    mesh: &Mesh,
+    id: &str,
+) -> (
+    std::sync::Arc<aegis_peer::PeerManager>,
+    aegis_peer::ServerHandle,
+    aegis_peer::SharedLiveness,
+) {
+    let tls = mesh.tls(id);
+    let topology = support::topology_for(id);
+    topology
+        .add_node(NodeInfo::new(id, id, "127.0.0.1:1").unwrap())
+        .unwrap();
+    let liveness: aegis_peer::SharedLiveness = std::sync::Arc::new(std::sync::Mutex::new(
+        aegis_mesh::Liveness::new(tls.node_id().clone(), aegis_mesh::LivenessConfig::default()),
+    ));
+    let peers = std::sync::Arc::new(
+        aegis_peer::PeerManager::new(tls.node_id().clone(), Some(tls.clone()), topology.clone())
+            .with_liveness(std::sync::Arc::clone(&liveness)),
+    );
+    let server = aegis_peer::MeshServer::new(tls, topology, aegis_peer::Health::new())
+        .with_peers(std::sync::Arc::clone(&peers))
+        .serve("127.0.0.1:0")
+        .await
+        .unwrap();
+    (peers, server, liveness)
+}
+
+/// Probes carry news both ways over real mTLS: a ping tells the pinged
+/// node of the pinger (its own entry is news), the answer tells the pinger
+/// of the pinged, with no sync at all; a suspicion piggybacked on a ping
+/// reaches the suspect, which refutes at once.
+#[tokio::test]
+async fn probes_and_acks_carry_changes_and_suspicions() {
+    let mesh = Mesh::new();
+    let (a, _sa, la) = live_node(&mesh, "node-a").await;
+    let (b, sb, lb) = live_node(&mesh, "node-b").await;
+    a.add_peer(PeerInfo::new("node-b", sb.local_addr().to_string()).unwrap())
+        .unwrap();
+    a.ping_peer("node-b").await.unwrap();
+    assert!(
+        b.topology().get_entry("node-a").is_some(),
+        "the ping carried a"
+    );
+    assert!(
+        a.topology().get_entry("node-b").is_some(),
+        "the ack carried b"
+    );
+
+    // a suspects b: the next ping carries the suspicion, b refutes.
+    let b_id = aegis_tls::NodeId::new("node-b").unwrap();
+    let before = a.topology().get_entry("node-b").unwrap().stamp;
+    let missed = aegis_mesh::Probe::Missed {
+        asked: 0,
+        replied: 0,
+    };
+    aegis_peer::lock_liveness(&la).on_probe(a.topology(), &b_id, missed, 0);
+    assert_eq!(
+        a.topology().state_of("node-b"),
+        Some(aegis_topology::NodeState::Suspect)
+    );
+    a.ping_peer("node-b").await.unwrap();
+    let refuted = b.topology().get_entry("node-b").unwrap();
+    assert!(refuted.stamp > before, "b refuted");
+    assert_eq!(aegis_peer::lock_liveness(&lb).health(), 1);
+    // The refutation comes back on the answer.
+    assert_eq!(
+        a.topology().state_of("node-b"),
+        Some(aegis_topology::NodeState::Alive)
+    );
+}
+
+/// A piggyback that breaks a rule is skipped whole, naming why in the log;
+/// the ping itself is still answered (liveness does not hang on gossip).
+#[tokio::test]
+async fn a_bad_piggyback_is_skipped_and_the_ping_answered() {
+    let mesh = Mesh::new();
+    let (b, sb, _lb) = live_node(&mesh, "node-b").await;
+    let channel = raw_channel(
+        client_with_cn(&mesh, Some("node-q")),
+        "node-b",
+        &sb.local_addr().to_string(),
+    );
+    let mut client = MeshServiceClient::new(channel);
+    let before = b.topology().digest();
+    for updates in [
+        (0..65).map(|i| wire_node(&format!("z{i}"))).collect(),
+        vec![wire_node("BAD ID")],
+    ] {
+        let answer = client
+            .ping(pb::PingRequest {
+                sender_id: "node-q".into(),
+                updates,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(answer.success);
+    }
+    assert_eq!(b.topology().digest(), before, "nothing of it applied");
 }

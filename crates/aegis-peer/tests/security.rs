@@ -17,6 +17,7 @@ async fn ping_over(channel: tonic::transport::Channel) -> Result<(), tonic::Stat
         .ping(PingRequest {
             sender_id: "intruder".into(),
             timestamp: 0,
+            ..Default::default()
         })
         .await
         .map(|_| ())

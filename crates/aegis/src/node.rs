@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use aegis_peer::{
     Health, HealthChecker, HealthInfo, HealthResponse, HealthStatus, MeshServer, MeshServerConfig,
     NodeInfoResponse, Peer, PeerConfig, PeerInfo, PeerManager, PingResponse, Registrar,
-    ServerHandle, SyncReport,
+    ServerHandle, SharedLiveness, SyncReport,
 };
 use aegis_pool::ServiceClientPool;
 use aegis_tls::{TlsConfig, TlsOptions};
@@ -19,7 +19,7 @@ use tonic::service::RoutesBuilder;
 
 use crate::membership::Hub;
 use crate::{Error, MeshConfig, mesh};
-use aegis_mesh::{Member, MemberEvent};
+use aegis_mesh::{Liveness, Member, MemberEvent};
 use aegis_topology::Providers;
 
 /// Builds a [`Node`]. Defaults: type `generic`, certificate directory
@@ -206,10 +206,18 @@ impl NodeBuilder {
         topology.add_node(own)?;
         // Membership events are made only once someone asks for them.
         let membership = Hub::new(&topology);
-        let peers = Arc::new(
-            PeerManager::new(id.clone(), Some(tls.clone()), topology.clone())
-                .with_config(self.peer_config),
-        );
+        // The liveness state is shared by the mesh loop, this node's pings
+        // and its server (piggybacks travel on probes and their answers).
+        let liveness: SharedLiveness = Arc::new(std::sync::Mutex::new(Liveness::new(
+            id.clone(),
+            self.mesh.liveness(),
+        )));
+        let mut peers = PeerManager::new(id.clone(), Some(tls.clone()), topology.clone())
+            .with_config(self.peer_config);
+        if self.mesh.enabled {
+            peers = peers.with_liveness(Arc::clone(&liveness));
+        }
+        let peers = Arc::new(peers);
         Ok(Node {
             inner: Arc::new(NodeInner {
                 id,
@@ -220,6 +228,7 @@ impl NodeBuilder {
                 topology,
                 health: Health::new(),
                 peers,
+                liveness,
                 pool: OnceLock::new(),
                 membership,
                 registrars: self.registrars,
@@ -258,6 +267,7 @@ pub(crate) struct NodeInner {
     topology: Topology,
     health: Health,
     peers: Arc<PeerManager>,
+    liveness: SharedLiveness,
     pool: OnceLock<ServiceClientPool>,
     membership: Arc<Hub>,
     registrars: Vec<Registrar>,
@@ -367,6 +377,7 @@ impl Node {
                 local: self.inner.id.clone(),
                 topology: self.inner.topology.clone(),
                 peers: Arc::downgrade(&self.inner.peers),
+                liveness: Arc::clone(&self.inner.liveness),
                 config: self.inner.mesh,
             };
             tokio::spawn(mesh::run(driver, stop_rx, self.seed()))

@@ -13,7 +13,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aegis_mesh::{
-    Liveness, LivenessConfig, Rng, Step, SyncConfig, SyncRequest, SyncSession, respond,
+    Liveness, LivenessConfig, Probe, Rng, Step, SyncConfig, SyncRequest, SyncSession, respond,
 };
 use aegis_topology::{NodeId, NodeInfo, ServiceInfo, Topology, TopologyConfig};
 
@@ -67,9 +67,14 @@ pub struct RoundStats {
     pub bytes: usize,
     /// Requests made.
     pub requests: usize,
-    /// Probes made (with liveness on).
+    /// Probes made (with liveness on), indirect ones included.
     pub probes: usize,
+    /// Bytes of probes, acks and indirect probes, piggybacks included.
+    pub probe_bytes: usize,
 }
+
+/// A ping or ack without piggyback, as protobuf: an ID, a timestamp, a flag.
+pub const PING_BYTES: usize = 32;
 
 pub struct Sim {
     pub nodes: Vec<Topology>,
@@ -210,6 +215,92 @@ impl Sim {
         self.deliver(a, b).is_some() && self.deliver(b, a).is_some()
     }
 
+    /// A direct probe with liveness on: the ping carries `a`'s piggyback,
+    /// the ack `b`'s. Returns (acked, bytes).
+    fn probe_with_piggyback(
+        &mut self,
+        liveness: &mut [Liveness],
+        a: usize,
+        b: usize,
+    ) -> (bool, usize) {
+        let outgoing = liveness[a].piggyback(&self.nodes[a]);
+        let mut bytes = PING_BYTES + outgoing.encoded_len();
+        if self.deliver(a, b).is_none() {
+            return (false, bytes);
+        }
+        let _ = liveness[b].on_piggyback(&self.nodes[b], outgoing, &self.config, self.now_ms);
+        let back = liveness[b].piggyback(&self.nodes[b]);
+        bytes += PING_BYTES + back.encoded_len();
+        if self.deliver(b, a).is_none() {
+            return (false, bytes);
+        }
+        let _ = liveness[a].on_piggyback(&self.nodes[a], back, &self.config, self.now_ms);
+        (true, bytes)
+    }
+
+    /// One period of node `a` with liveness on: its clock, its probes (each
+    /// failed one checked through helpers), the answers reported. Returns
+    /// the members that answered it directly.
+    fn probe_round(
+        &mut self,
+        liveness: &mut [Liveness],
+        a: usize,
+        stats: &mut RoundStats,
+    ) -> Vec<NodeId> {
+        for t in liveness[a].tick(&self.nodes[a], self.now_ms) {
+            self.transitions.push((a, t));
+        }
+        let probes = liveness[a].probes(&self.nodes[a], self.now_ms, &mut self.rng);
+        let mut answered = Vec::new();
+        for id in &probes {
+            let Some(b) = self.index_of(id) else { continue };
+            stats.probes += 1;
+            let (direct, bytes) = self.probe_with_piggyback(liveness, a, b);
+            stats.probe_bytes += bytes;
+            // A failed probe is checked through helpers first (a request to
+            // the helper, its probe, its answer, an ack or not), while the
+            // direct probe is tried once more.
+            let probe = if direct {
+                Probe::Answered
+            } else {
+                let helpers: Vec<usize> = liveness[a]
+                    .helpers(id, &mut self.rng)
+                    .iter()
+                    .filter_map(|h| self.index_of(h))
+                    .collect();
+                // The direct probe is tried once more alongside them.
+                stats.probes += 1;
+                stats.probe_bytes += 2 * PING_BYTES;
+                let (mut replied, mut acked) = (0, self.probe(a, b));
+                for &h in &helpers {
+                    stats.probes += 1;
+                    stats.probe_bytes += 4 * PING_BYTES;
+                    let reached = self.deliver(a, h).is_some();
+                    let ack = reached && self.probe(h, b);
+                    if reached && self.deliver(h, a).is_some() {
+                        replied += 1;
+                        acked |= ack;
+                    }
+                }
+                if acked {
+                    Probe::Answered
+                } else {
+                    Probe::Missed {
+                        asked: helpers.len(),
+                        replied,
+                    }
+                }
+            };
+            if let Some(t) = liveness[a].on_probe(&self.nodes[a], id, probe, self.now_ms) {
+                self.transitions.push((a, t));
+            }
+            if direct {
+                answered.push(id.clone());
+            }
+        }
+        answered
+    }
+
     /// Every node that is not stalled acts once: probes (with liveness on),
     /// then syncs with `fanout` nodes.
     pub fn round(&mut self) -> RoundStats {
@@ -220,34 +311,7 @@ impl Sim {
                 continue;
             }
             let targets: Vec<usize> = if let Some(mut liveness) = self.liveness.take() {
-                let probes = liveness[a].probes(&self.nodes[a], self.now_ms, &mut self.rng);
-                let mut answered = Vec::new();
-                for id in &probes {
-                    let Some(b) = self.index_of(id) else { continue };
-                    stats.probes += 1;
-                    let direct = self.probe(a, b);
-                    // A failed probe is checked through helpers first: a
-                    // request to the helper, its probe, its answer.
-                    let ok = direct || {
-                        let helpers: Vec<usize> = liveness[a]
-                            .helpers(&self.nodes[a], id, &mut self.rng)
-                            .iter()
-                            .filter_map(|h| self.index_of(h))
-                            .collect();
-                        helpers.into_iter().any(|h| {
-                            stats.probes += 1;
-                            self.deliver(a, h).is_some()
-                                && self.probe(h, b)
-                                && self.deliver(h, a).is_some()
-                        })
-                    };
-                    if let Some(t) = liveness[a].on_probe(&self.nodes[a], id, ok, self.now_ms) {
-                        self.transitions.push((a, t));
-                    }
-                    if direct {
-                        answered.push(id.clone());
-                    }
-                }
+                let answered = self.probe_round(&mut liveness, a, &mut stats);
                 let chosen = liveness[a].sync_targets(
                     &self.nodes[a],
                     &[],
@@ -333,5 +397,138 @@ impl Sim {
             }
         }
         self.net.stalled.insert(a);
+    }
+}
+
+/// A fault the failure detector must not take for a death.
+#[derive(Debug, Clone)]
+pub enum Fault {
+    /// Every message is lost with this chance.
+    Loss(f64),
+    /// Nothing from the first node reaches the second (one way).
+    OneWay(usize, usize),
+    /// The node stalls (neither acts nor answers) for `for_ms` every
+    /// `every_ms`.
+    Stalls {
+        node: usize,
+        every_ms: u64,
+        for_ms: u64,
+    },
+}
+
+/// What a run under a fault showed.
+#[derive(Debug, Clone, Default)]
+pub struct FaultReport {
+    /// Suspicions any node raised about a node that was never down.
+    pub suspicions: usize,
+    /// Deaths any node declared of a node that was never down, described.
+    pub deaths: Vec<String>,
+    /// Traffic over the run: probe and sync bytes, probes.
+    pub probe_bytes: usize,
+    pub sync_bytes: usize,
+    pub probes: usize,
+    pub rounds: usize,
+}
+
+impl Sim {
+    /// Suspect (or, with `deaths_only`, dead) marks any node made about a
+    /// node not in `down`, described.
+    pub fn false_accusations(&self, down: &[usize], deaths_only: bool) -> Vec<String> {
+        self.transitions
+            .iter()
+            .filter_map(|(observer, t)| match t {
+                aegis_mesh::Transition::Dead { id, .. } => Some((observer, id, t)),
+                aegis_mesh::Transition::Suspect { id, .. } if !deaths_only => {
+                    Some((observer, id, t))
+                }
+                _ => None,
+            })
+            .filter_map(|(observer, id, t)| {
+                let target = self.index_of(id)?;
+                (!down.contains(&target)).then(|| format!("{observer} accused {id}: {t:?}"))
+            })
+            .collect()
+    }
+
+    /// Runs `duration_ms` of simulated time under `fault` (then lifts it),
+    /// counting false suspicions and deaths from now on.
+    pub fn run_fault(&mut self, fault: &Fault, duration_ms: u64) -> FaultReport {
+        self.transitions.clear();
+        let start = self.now_ms;
+        let mut report = FaultReport::default();
+        match fault {
+            Fault::Loss(p) => self.net.loss = *p,
+            Fault::OneWay(a, b) => {
+                self.net.blocked.insert((*a, *b));
+            }
+            Fault::Stalls { .. } => {}
+        }
+        while self.now_ms < start + duration_ms {
+            if let Fault::Stalls {
+                node,
+                every_ms,
+                for_ms,
+            } = fault
+            {
+                if (self.now_ms - start) % every_ms < *for_ms {
+                    self.net.stalled.insert(*node);
+                } else {
+                    self.net.stalled.remove(node);
+                }
+            }
+            let s = self.round();
+            report.rounds += 1;
+            report.probe_bytes += s.probe_bytes;
+            report.sync_bytes += s.bytes;
+            report.probes += s.probes;
+        }
+        match fault {
+            Fault::Loss(_) => self.net.loss = 0.0,
+            Fault::OneWay(a, b) => {
+                self.net.blocked.remove(&(*a, *b));
+            }
+            Fault::Stalls { node, .. } => {
+                self.net.stalled.remove(node);
+            }
+        }
+        report.suspicions = self.false_accusations(&[], false).len();
+        report.deaths = self.false_accusations(&[], true);
+        report
+    }
+
+    /// Crashes `victim` (it neither acts nor answers, for good) and runs
+    /// until every other node holds it dead; returns the simulated
+    /// milliseconds that took, or `None` after `limit_ms`.
+    pub fn crash(&mut self, victim: usize, limit_ms: u64) -> Option<u64> {
+        self.net.stalled.insert(victim);
+        let start = self.now_ms;
+        let victim_id = id(victim);
+        while self.now_ms < start + limit_ms {
+            self.round();
+            let everywhere = (0..self.nodes.len())
+                .filter(|&i| i != victim && !self.net.stalled.contains(&i))
+                .all(|i| {
+                    self.nodes[i].state_of(&victim_id) == Some(aegis_topology::NodeState::Dead)
+                });
+            if everywhere {
+                return Some(self.now_ms - start);
+            }
+        }
+        None
+    }
+
+    /// One converged round's traffic per node per second: (messages, bytes),
+    /// probes and syncs together (protobuf payload sizes).
+    pub fn steady_traffic(&mut self) -> (f64, f64) {
+        let s = self.round();
+        let n = self.nodes.len() as f64;
+        let per_second = 1000.0 / self.interval_ms as f64;
+        // A probe is two messages (an indirect one four); a sync request
+        // and its answer two.
+        let messages = (2 * s.probes + 2 * s.requests) as f64;
+        (
+            messages / n * per_second,
+            (s.bytes + s.probe_bytes) as f64 / n * per_second,
+        )
     }
 }

@@ -209,6 +209,8 @@ impl MeshService for ReferenceNode {
             receiver_id: self.id.clone(),
             timestamp: 1,
             success: true,
+            // A reference node knows no piggyback fields: it sends none.
+            ..Default::default()
         }))
     }
     async fn get_health(
