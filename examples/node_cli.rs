@@ -8,7 +8,10 @@
 //!
 //! Serves the toy identity contract for every `identity/*` service it
 //! declares, prints `listening on <addr>` once bound, and shuts down
-//! gracefully (announcing that it leaves) on SIGINT or SIGTERM.
+//! gracefully (announcing that it leaves) on SIGINT or SIGTERM. With
+//! `--print-states` it prints `state ID STATE` every time a member's state
+//! changes in its topology (`STATE` is alive, suspect, dead, left, or gone
+//! once purged), as it happens: nothing is coalesced.
 
 use std::process::ExitCode;
 
@@ -19,7 +22,7 @@ use aegis::{Node, PeerInfo, ServiceInfo};
 /// The usage message.
 const USAGE: &str = "\
 usage: node --id ID --name NAME --address HOST:PORT [--cert-dir DIR] [--type TYPE]
-            [--service NAME/VERSION]... [--peer ID@HOST:PORT]...";
+            [--service NAME/VERSION]... [--peer ID@HOST:PORT]... [--print-states]";
 
 #[derive(Debug, Default)]
 struct Args {
@@ -30,6 +33,7 @@ struct Args {
     node_type: Option<String>,
     services: Vec<ServiceInfo>,
     peers: Vec<(String, String)>,
+    print_states: bool,
 }
 
 fn parse(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
@@ -59,6 +63,7 @@ fn parse(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
                     .ok_or_else(|| format!("--peer {v:?}: expected ID@HOST:PORT"))?;
                 out.peers.push((id.to_owned(), addr.to_owned()));
             }
+            "--print-states" => out.print_states = true,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -118,6 +123,9 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         });
     }
     let node = builder.build()?;
+    if args.print_states {
+        print_states(node.topology());
+    }
     let addr = node.start_server().await?;
     println!("listening on {addr}");
     for (id, address) in &args.peers {
@@ -138,4 +146,38 @@ async fn wait_for_signal() -> std::io::Result<()> {
         _ = int.recv() => {}
     }
     Ok(())
+}
+
+/// Prints `state ID STATE` on every change of a member's state, from the
+/// topology's change listener (so a death refuted a moment later is still
+/// printed).
+fn print_states(topology: &aegis::topology::Topology) {
+    use std::collections::HashMap;
+    use std::io::Write;
+    use std::sync::Mutex;
+
+    let seen: Mutex<HashMap<String, aegis::NodeState>> = Mutex::new(HashMap::new());
+    let watched = topology.clone();
+    topology.on_change(move |_| {
+        let mut seen = seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut out = std::io::stdout().lock();
+        let entries = watched.entries();
+        for e in &entries {
+            if seen.get(e.id().as_str()) != Some(&e.state) {
+                let state = format!("{:?}", e.state).to_lowercase();
+                let _ = writeln!(out, "state {} {state}", e.id());
+                seen.insert(e.id().to_string(), e.state);
+            }
+        }
+        seen.retain(|id, _| {
+            let kept = entries.iter().any(|e| e.id().as_str() == id);
+            if !kept {
+                let _ = writeln!(out, "state {id} gone");
+            }
+            kept
+        });
+        let _ = out.flush();
+    });
 }

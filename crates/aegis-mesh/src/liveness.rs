@@ -22,11 +22,13 @@
 //!   probe timeouts and periods ([`Liveness::scale`]), so that a slow
 //!   observer does not accuse healthy members.
 //! - **Dissemination**: every change this node sees in its topology is
-//!   piggybacked on its next probes and acks, each sent
-//!   `retransmit_mult × ceil(log10(N + 1))` times; digest anti-entropy is the
-//!   backstop.
+//!   piggybacked on its next probes and acks, and sent to
+//!   [`LivenessConfig::gossip_fanout`] random members a period while there
+//!   is news, each change `retransmit_mult × ceil(log10(N + 1))` times;
+//!   a member held suspect is told so on every exchange with it (the
+//!   buddy system). Digest anti-entropy is the backstop.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, SystemTime};
 
 use aegis_topology::{ApplyReport, NodeId, NodeState, Stamp, Topology};
@@ -45,6 +47,7 @@ use crate::{Rng, SyncError};
 /// assert_eq!((c.period, c.max_probes, c.indirect_checks), (Duration::from_millis(300), 1, 3));
 /// assert_eq!((c.suspect_after, c.suspicion_mult, c.suspicion_max_mult), (1, 4, 6));
 /// assert_eq!((c.max_health, c.retransmit_mult, c.max_piggyback), (8, 4, 8));
+/// assert_eq!(c.gossip_fanout, 3);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LivenessConfig {
@@ -73,6 +76,9 @@ pub struct LivenessConfig {
     /// Changes, and suspicions, piggybacked per probe or ack at most (each).
     /// Default: 8.
     pub max_piggyback: usize,
+    /// Members sent the news each period besides the probe, while there is
+    /// news (nothing is sent for it in steady state). Default: 3.
+    pub gossip_fanout: usize,
     /// Members asked to probe a member whose direct probe failed, before a
     /// miss is counted (0: count it at once). One bad link between this
     /// node and a member then does not count against the member.
@@ -104,6 +110,7 @@ impl Default for LivenessConfig {
             max_health: 8,
             retransmit_mult: 4,
             max_piggyback: 8,
+            gossip_fanout: 3,
             indirect_checks: 3,
             dead_backoff: Duration::from_secs(1),
             max_dead_backoff: Duration::from_secs(60),
@@ -205,10 +212,13 @@ pub struct Liveness {
     local: NodeId,
     tracks: HashMap<NodeId, Track>,
     timers: HashMap<NodeId, Timer>,
-    /// The probe order of members that have answered, and of those that
-    /// have not: each a shuffled cycle, taken from the front.
-    known_order: VecDeque<NodeId>,
-    unknown_order: VecDeque<NodeId>,
+    /// The probe order of members that have not answered, and of those
+    /// that have: each a shuffled cycle, taken from the front.
+    orders: [VecDeque<NodeId>; 2],
+    /// Where a side was last found empty (see `next_probe`).
+    empty_sides: [Option<(Option<u64>, u64, u64)>; 2],
+    /// Members that ever answered this node (a count, for that check).
+    answered: u64,
     /// The topology as last seen: its version, each entry's stamp and state.
     seen_version: Option<u64>,
     seen: HashMap<NodeId, (Stamp, NodeState)>,
@@ -227,31 +237,6 @@ const MAX_QUEUED: usize = 256;
 
 /// Piggybacked changes or suspicions accepted in one message at most.
 pub const MAX_PIGGYBACK: usize = 64;
-
-/// The next member of a round-robin `order` that is in `due` and not taken
-/// yet; when the cycle is used up, a new one is shuffled from `due`.
-fn next_in_order(
-    order: &mut VecDeque<NodeId>,
-    due: &[NodeId],
-    due_set: &HashSet<&NodeId>,
-    taken: &HashSet<NodeId>,
-    rng: &mut Rng,
-) -> Option<NodeId> {
-    for refill in [false, true] {
-        if refill {
-            let mut cycle: Vec<NodeId> = due.to_vec();
-            let n = cycle.len();
-            rng.choose(&mut cycle, n);
-            *order = cycle.into();
-        }
-        while let Some(id) = order.pop_front() {
-            if due_set.contains(&id) && !taken.contains(&id) {
-                return Some(id);
-            }
-        }
-    }
-    None
-}
 
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
@@ -296,8 +281,9 @@ impl Liveness {
             local,
             tracks: HashMap::new(),
             timers: HashMap::new(),
-            known_order: VecDeque::new(),
-            unknown_order: VecDeque::new(),
+            orders: [VecDeque::new(), VecDeque::new()],
+            empty_sides: [None, None],
+            answered: 0,
             seen_version: None,
             seen: HashMap::new(),
             live: 1,
@@ -486,60 +472,86 @@ impl Liveness {
     ///
     /// Each probe goes, with even odds, to a member that has answered this
     /// node before or to one that has not (to either when the other side
-    /// has none left): so a flood of entries that never answer (a member
+    /// has none due): so a flood of entries that never answer (a member
     /// can push thousands) cannot crowd out the probes that find a real
     /// member dead, and new members are still probed. Within each side,
-    /// members come in a shuffled round-robin order.
+    /// members come in a shuffled round-robin order. Constant work per
+    /// probe, amortised: a side's order is rebuilt once per cycle.
     pub fn probes(&mut self, topology: &Topology, now_ms: u64, rng: &mut Rng) -> Vec<NodeId> {
         self.refresh(topology, now_ms);
-        let mut due: Vec<(&NodeId, &(Stamp, NodeState))> = self
-            .seen
-            .iter()
-            .filter(|(id, (_, state))| *state != NodeState::Left && **id != self.local)
-            .filter(|(id, (_, state))| {
-                *state != NodeState::Dead
-                    || self
-                        .tracks
-                        .get(*id)
-                        .is_none_or(|t| t.next_probe_ms <= now_ms)
-            })
-            .collect();
-        // Hash-map order is not part of the input.
-        due.sort_by(|a, b| a.0.cmp(b.0));
-        let (known, unknown): (Vec<NodeId>, Vec<NodeId>) = due
-            .into_iter()
-            .map(|(id, _)| id.clone())
-            .partition(|id| self.tracks.get(id).is_some_and(|t| t.answered_once));
         let max = self.config.max_probes.max(1);
-        let (mut from_known, mut from_unknown) = (0, 0);
+        let mut chosen: Vec<NodeId> = Vec::with_capacity(max);
         for _ in 0..max {
-            let known_left = from_known < known.len();
-            let unknown_left = from_unknown < unknown.len();
-            match (known_left, unknown_left) {
-                (true, true) if rng.next_u64() & 1 == 0 => from_known += 1,
-                (true, true) | (false, true) => from_unknown += 1,
-                (true, false) => from_known += 1,
-                (false, false) => break,
-            }
-        }
-        let mut taken = HashSet::new();
-        let mut chosen = Vec::with_capacity(from_known + from_unknown);
-        for (n, order, due) in [
-            (from_known, &mut self.known_order, &known),
-            (from_unknown, &mut self.unknown_order, &unknown),
-        ] {
-            let due_set: HashSet<&NodeId> = due.iter().collect();
-            for _ in 0..n {
-                match next_in_order(order, due, &due_set, &taken, rng) {
-                    Some(id) => {
-                        taken.insert(id.clone());
-                        chosen.push(id);
-                    }
-                    None => break,
-                }
+            let known = rng.next_u64() & 1 == 0;
+            let next = match self.next_probe(known, now_ms, rng, &chosen) {
+                Some(id) => Some(id),
+                None => self.next_probe(!known, now_ms, rng, &chosen),
+            };
+            match next {
+                Some(id) => chosen.push(id),
+                None => break,
             }
         }
         chosen
+    }
+
+    fn is_due(&self, id: &NodeId, now_ms: u64) -> bool {
+        *id != self.local
+            && self.seen.get(id).is_some_and(|(_, state)| match state {
+                NodeState::Left => false,
+                NodeState::Dead => self
+                    .tracks
+                    .get(id)
+                    .is_none_or(|t| t.next_probe_ms <= now_ms),
+                _ => true,
+            })
+    }
+
+    fn is_known(&self, id: &NodeId) -> bool {
+        self.tracks.get(id).is_some_and(|t| t.answered_once)
+    }
+
+    /// The next member due from one side's round-robin order (answered
+    /// before, or not), rebuilding the order when it is used up.
+    fn next_probe(
+        &mut self,
+        known: bool,
+        now_ms: u64,
+        rng: &mut Rng,
+        taken: &[NodeId],
+    ) -> Option<NodeId> {
+        let side = usize::from(known);
+        for refill in [false, true] {
+            if refill {
+                // A side found empty stays empty until the topology, the
+                // answered set or the second changes: no rebuild per probe.
+                let key = (self.seen_version, self.answered, now_ms / 1000);
+                if self.empty_sides[side] == Some(key) {
+                    return None;
+                }
+                let mut ids: Vec<&NodeId> = self.seen.keys().collect();
+                ids.sort();
+                let mut cycle: Vec<NodeId> = ids
+                    .into_iter()
+                    .filter(|id| self.is_due(id, now_ms) && self.is_known(id) == known)
+                    .cloned()
+                    .collect();
+                if cycle.is_empty() {
+                    self.empty_sides[side] = Some(key);
+                    return None;
+                }
+                let n = cycle.len();
+                rng.choose(&mut cycle, n);
+                self.orders[side] = cycle.into();
+            }
+            while let Some(id) = self.orders[side].pop_front() {
+                if self.is_due(&id, now_ms) && self.is_known(&id) == known && !taken.contains(&id)
+                {
+                    return Some(id);
+                }
+            }
+        }
+        None
     }
 
     /// Whom to ask to probe `target` for this node after its own probe
@@ -597,6 +609,9 @@ impl Liveness {
             }
         }
         if probe == Probe::Answered {
+            if !track.answered_once {
+                self.answered += 1;
+            }
             track.answered_once = true;
             track.misses = 0;
             track.backoff_ms = 0;
@@ -704,16 +719,31 @@ impl Liveness {
         self.confirm(note, now_ms)
     }
 
-    /// What to piggyback on the next probe or ack: the least-sent queued
-    /// changes (as the topology holds them now) and suspicions, up to
-    /// [`LivenessConfig::max_piggyback`] each. The entry of every member a
-    /// suspicion names goes along, so a receiver can act on it.
-    pub fn piggyback(&mut self, topology: &Topology) -> Piggyback {
+    /// What to piggyback on the next probe or ack sent to `to`: the
+    /// least-sent queued changes (as the topology holds them now) and
+    /// suspicions, up to [`LivenessConfig::max_piggyback`] each. The entry of
+    /// every member a suspicion names goes along, so a receiver can act on
+    /// it; and when `to` itself is suspect or dead here, its own entry goes
+    /// first, whatever was sent before, so that it refutes at the first
+    /// exchange with anyone who holds the claim (Lifeguard's buddy system).
+    pub fn piggyback(&mut self, topology: &Topology, to: &NodeId) -> Piggyback {
         self.refresh(topology, self.last_tick_ms.unwrap_or(0));
         let limit = self.retransmit_limit();
         let max = self.config.max_piggyback.min(MAX_PIGGYBACK);
         let suspicions = take(&mut self.notes, max, limit);
-        let mut ids = take(&mut self.news, max, limit);
+        let mut ids = Vec::with_capacity(max + 1);
+        if self
+            .seen
+            .get(to)
+            .is_some_and(|(_, s)| matches!(s, NodeState::Suspect | NodeState::Dead))
+        {
+            ids.push(to.clone());
+        }
+        for id in take(&mut self.news, max, limit) {
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
         for s in &suspicions {
             if !ids.contains(&s.target) {
                 ids.push(s.target.clone());
@@ -724,6 +754,30 @@ impl Liveness {
             updates: topology.entries_for(&ids),
             suspicions,
         }
+    }
+
+    /// Whether changes or suspicions wait to be piggybacked.
+    pub fn has_news(&self) -> bool {
+        !(self.news.is_empty() && self.notes.is_empty())
+    }
+
+    /// Members to send news to this period besides the probe, when there is
+    /// news: up to [`LivenessConfig::gossip_fanout`] alive members at
+    /// random (none in steady state, so quiet meshes stay quiet).
+    pub fn gossip_targets(&self, rng: &mut Rng) -> Vec<NodeId> {
+        if !self.has_news() || self.config.gossip_fanout == 0 {
+            return Vec::new();
+        }
+        let mut ids: Vec<NodeId> = self
+            .seen
+            .iter()
+            .filter(|(id, (_, state))| *state == NodeState::Alive && **id != self.local)
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.sort();
+        let k = rng.choose(&mut ids, self.config.gossip_fanout);
+        ids.truncate(k);
+        ids
     }
 
     /// How often each change is piggybacked: `retransmit_mult ×

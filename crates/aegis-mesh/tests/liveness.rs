@@ -278,20 +278,20 @@ fn a_node_waking_from_a_stall_does_not_fire_its_timers_at_once() {
 fn changes_are_piggybacked_a_bounded_number_of_times() {
     let (t, mut l) = mesh(10);
     // The first look: only this node's own entry is news.
-    let first = l.piggyback(&t);
+    let first = l.piggyback(&t, &node("m1"));
     assert_eq!(first.updates.len(), 1);
     assert_eq!(first.updates[0].id().as_str(), "me");
     let limit = l.retransmit_limit();
     assert_eq!(limit, 8, "4 × ceil(log10(11))");
     let mut sends = 1;
-    while !l.piggyback(&t).is_empty() {
+    while !l.piggyback(&t, &node("m1")).is_empty() {
         sends += 1;
         assert!(sends <= limit);
     }
     assert_eq!(sends, limit);
     // A change is news again, and a suspicion takes its entry along.
     l.on_probe(&t, &node("m2"), MISSED, NOW);
-    let p = l.piggyback(&t);
+    let p = l.piggyback(&t, &node("m1"));
     assert_eq!(p.suspicions.len(), 1);
     assert_eq!(p.suspicions[0].from.as_str(), "me");
     assert!(
@@ -303,7 +303,7 @@ fn changes_are_piggybacked_a_bounded_number_of_times() {
     t.apply((0..40).map(|i| alive(&format!("new{i}"))).collect())
         .unwrap();
     l.tick(&t, NOW + 300);
-    assert!(l.piggyback(&t).updates.len() <= LivenessConfig::default().max_piggyback + 1);
+    assert!(l.piggyback(&t, &node("m1")).updates.len() <= LivenessConfig::default().max_piggyback + 1);
 }
 
 /// What a probe carries is merged like a sync push (checked whole first);
@@ -334,7 +334,7 @@ fn a_piggybacked_suspicion_of_this_node_is_refuted() {
     assert_eq!(l.health(), 1);
     // The refutation is news, sent on the next probe.
     assert!(
-        l.piggyback(&t)
+        l.piggyback(&t, &node("m1"))
             .updates
             .iter()
             .any(|e| e.id().as_str() == "me")
@@ -515,4 +515,38 @@ fn every_member_is_probed_once_per_cycle() {
     assert_eq!(last.len(), 30);
     let worst = gaps.iter().max().copied().unwrap_or(0);
     assert!(worst <= 59, "a member waited {worst} periods");
+}
+
+/// The buddy system: a member held suspect here hears of it on every probe
+/// or ack sent to it, even once the news has been sent its bounded number
+/// of times; others do not get its entry for that reason.
+#[test]
+fn a_suspect_is_told_on_every_exchange_with_it() {
+    let (t, mut l) = mesh(10);
+    l.on_probe(&t, &node("m2"), MISSED, NOW);
+    while !l.piggyback(&t, &node("m1")).is_empty() {}
+    for _ in 0..3 {
+        let p = l.piggyback(&t, &node("m2"));
+        assert!(
+            p.updates
+                .iter()
+                .any(|e| e.id().as_str() == "m2" && e.state == NodeState::Suspect)
+        );
+    }
+    assert!(l.piggyback(&t, &node("m1")).is_empty());
+}
+
+/// News goes to a few more members each period while there is any, and
+/// nothing goes in steady state.
+#[test]
+fn news_is_gossiped_to_a_few_members_only_while_there_is_news() {
+    let (t, mut l) = mesh(10);
+    let mut rng = Rng::new(9);
+    let targets = l.gossip_targets(&mut rng);
+    assert_eq!(targets.len(), 3, "the own entry is news at first");
+    assert!(!targets.contains(&node("me")));
+    while l.has_news() {
+        l.piggyback(&t, &node("m1"));
+    }
+    assert!(l.gossip_targets(&mut rng).is_empty());
 }

@@ -436,7 +436,7 @@ impl PeerManager {
         let piggyback = self
             .liveness
             .as_ref()
-            .map(|l| lock_liveness(l).piggyback(&self.topology))
+            .map(|l| lock_liveness(l).piggyback(&self.topology, peer.id()))
             .unwrap_or_default();
         let (updates, suspicions) = piggyback_to_wire(&piggyback);
         let req = self.request(pb::PingRequest {

@@ -487,7 +487,7 @@ impl MeshService for MeshHandler {
                 if let Err(e) = incoming {
                     tracing::warn!(caller = %caller, error = %e, "ignored the piggyback of a ping");
                 }
-                piggyback_to_wire(&lock_liveness(l).piggyback(&self.topology))
+                piggyback_to_wire(&lock_liveness(l).piggyback(&self.topology, &caller))
             }
             None => (Vec::new(), Vec::new()),
         };

@@ -250,17 +250,19 @@ fn log_transition(local: &NodeId, t: Transition) {
 
 /// One round: learn peers, run the core's clock, probe whom it says (a
 /// failed probe checked through helpers while the direct probe is tried
-/// once more), report the outcomes, purge. Returns whom to sync with.
+/// once more) and send news to whom it says, report the outcomes, purge.
+/// Returns whom to sync with.
 async fn round(driver: &Driver, peers: &PeerManager, rng: &mut Rng) -> Vec<NodeId> {
     let config = &driver.config;
     let topology = &driver.topology;
     learn_peers(peers, topology, &driver.local);
     let now = now_ms();
-    let (transitions, probes, timeout) = {
+    let (transitions, probes, gossip, timeout) = {
         let mut l = lock_liveness(&driver.liveness);
         let transitions = l.tick(topology, now);
         let probes = l.probes(topology, now, rng);
-        (transitions, probes, l.scale(config.probe_timeout))
+        let gossip = l.gossip_targets(rng);
+        (transitions, probes, gossip, l.scale(config.probe_timeout))
     };
     for t in transitions {
         log_transition(&driver.local, t);
@@ -274,7 +276,12 @@ async fn round(driver: &Driver, peers: &PeerManager, rng: &mut Rng) -> Vec<NodeI
             )
         }
     };
-    let direct = join_all(probes.iter().map(&ping)).await;
+    // While there is news, a few more members get it on a ping of their
+    // own (its answer is not a probe: it counts for nothing).
+    let (direct, _) = tokio::join!(
+        join_all(probes.iter().map(&ping)),
+        join_all(gossip.iter().map(&ping))
+    );
     let asks: Vec<(NodeId, Vec<NodeId>)> = probes
         .iter()
         .zip(&direct)

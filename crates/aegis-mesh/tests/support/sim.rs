@@ -69,8 +69,10 @@ pub struct RoundStats {
     pub requests: usize,
     /// Probes made (with liveness on), indirect ones included.
     pub probes: usize,
-    /// Bytes of probes, acks and indirect probes, piggybacks included.
+    /// Bytes of probes, acks, indirect probes and news, piggybacks included.
     pub probe_bytes: usize,
+    /// Pings sent only to carry news.
+    pub gossip: usize,
 }
 
 /// A ping or ack without piggyback, as protobuf: an ID, a timestamp, a flag.
@@ -223,13 +225,15 @@ impl Sim {
         a: usize,
         b: usize,
     ) -> (bool, usize) {
-        let outgoing = liveness[a].piggyback(&self.nodes[a]);
+        let to = NodeId::new(id(b)).expect("valid id");
+        let outgoing = liveness[a].piggyback(&self.nodes[a], &to);
         let mut bytes = PING_BYTES + outgoing.encoded_len();
         if self.deliver(a, b).is_none() {
             return (false, bytes);
         }
         let _ = liveness[b].on_piggyback(&self.nodes[b], outgoing, &self.config, self.now_ms);
-        let back = liveness[b].piggyback(&self.nodes[b]);
+        let from = NodeId::new(id(a)).expect("valid id");
+        let back = liveness[b].piggyback(&self.nodes[b], &from);
         bytes += PING_BYTES + back.encoded_len();
         if self.deliver(b, a).is_none() {
             return (false, bytes);
@@ -297,6 +301,13 @@ impl Sim {
             if direct {
                 answered.push(id.clone());
             }
+        }
+        // News goes to a few more members while there is any.
+        for target in liveness[a].gossip_targets(&mut self.rng) {
+            let Some(b) = self.index_of(&target) else { continue };
+            let (_, bytes) = self.probe_with_piggyback(liveness, a, b);
+            stats.gossip += 1;
+            stats.probe_bytes += bytes;
         }
         answered
     }
@@ -525,7 +536,7 @@ impl Sim {
         let per_second = 1000.0 / self.interval_ms as f64;
         // A probe is two messages (an indirect one four); a sync request
         // and its answer two.
-        let messages = (2 * s.probes + 2 * s.requests) as f64;
+        let messages = (2 * s.probes + 2 * s.gossip + 2 * s.requests) as f64;
         (
             messages / n * per_second,
             (s.bytes + s.probe_bytes) as f64 / n * per_second,
