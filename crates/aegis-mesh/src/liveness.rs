@@ -545,8 +545,7 @@ impl Liveness {
                 self.orders[side] = cycle.into();
             }
             while let Some(id) = self.orders[side].pop_front() {
-                if self.is_due(&id, now_ms) && self.is_known(&id) == known && !taken.contains(&id)
-                {
+                if self.is_due(&id, now_ms) && self.is_known(&id) == known && !taken.contains(&id) {
                     return Some(id);
                 }
             }

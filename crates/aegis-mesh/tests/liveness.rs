@@ -303,7 +303,9 @@ fn changes_are_piggybacked_a_bounded_number_of_times() {
     t.apply((0..40).map(|i| alive(&format!("new{i}"))).collect())
         .unwrap();
     l.tick(&t, NOW + 300);
-    assert!(l.piggyback(&t, &node("m1")).updates.len() <= LivenessConfig::default().max_piggyback + 1);
+    assert!(
+        l.piggyback(&t, &node("m1")).updates.len() <= LivenessConfig::default().max_piggyback + 1
+    );
 }
 
 /// What a probe carries is merged like a sync push (checked whole first);

@@ -304,7 +304,9 @@ impl Sim {
         }
         // News goes to a few more members while there is any.
         for target in liveness[a].gossip_targets(&mut self.rng) {
-            let Some(b) = self.index_of(&target) else { continue };
+            let Some(b) = self.index_of(&target) else {
+                continue;
+            };
             let (_, bytes) = self.probe_with_piggyback(liveness, a, b);
             stats.gossip += 1;
             stats.probe_bytes += bytes;
