@@ -10,11 +10,14 @@
 use std::time::{Duration, Instant};
 
 use aegis_benches::{NetFixture, expect};
+use aegis_mesh::{Liveness, LivenessConfig};
 use aegis_peer::proto::mesh as pb;
 use aegis_peer::proto::mesh::mesh_service_client::MeshServiceClient;
 use aegis_peer::proto::mesh::mesh_service_server::{MeshService, MeshServiceServer};
 use aegis_peer::transport::{ChannelOptions, mtls_channel};
-use aegis_peer::{Health, MeshServer, MeshServerConfig, PeerInfo, PeerManager, serve_routes};
+use aegis_peer::{
+    Health, MeshServer, MeshServerConfig, PeerInfo, PeerManager, SharedLiveness, serve_routes,
+};
 use aegis_topology::{NodeId, Topology};
 use criterion::{Criterion, criterion_group, criterion_main};
 use tonic::transport::{Channel, Endpoint};
@@ -154,6 +157,42 @@ fn ping(c: &mut Criterion) {
         "bench-server",
         mesh_server.local_addr().to_string(),
     ))));
+    // The same, with liveness on both sides: every ping and answer goes
+    // through the piggyback path (empty in steady state, as here).
+    let live = |id: &str| -> SharedLiveness {
+        std::sync::Arc::new(std::sync::Mutex::new(Liveness::new(
+            expect(NodeId::new(id)),
+            LivenessConfig::default(),
+        )))
+    };
+    let server_topology = Topology::new();
+    let server_peers = std::sync::Arc::new(
+        PeerManager::new(
+            server_id.clone(),
+            Some(fx.server_tls.clone()),
+            server_topology.clone(),
+        )
+        .with_liveness(live("bench-server")),
+    );
+    let live_server = expect(
+        rt.block_on(
+            MeshServer::new(fx.server_tls.clone(), server_topology, Health::new())
+                .with_peers(server_peers)
+                .serve("127.0.0.1:0"),
+        ),
+    );
+    let live_peers = std::sync::Arc::new(
+        PeerManager::new(
+            client_tls.node_id().clone(),
+            Some(client_tls.clone()),
+            Topology::new(),
+        )
+        .with_liveness(live("bench-client")),
+    );
+    expect(live_peers.add_peer(expect(PeerInfo::new(
+        "bench-server",
+        live_server.local_addr().to_string(),
+    ))));
 
     let mut g = c.benchmark_group("ping_open_connection");
     g.measurement_time(Duration::from_secs(5));
@@ -166,6 +205,18 @@ fn ping(c: &mut Criterion) {
     g.bench_function("mtls_peer_manager", |b| {
         b.iter_custom(|n| {
             let peers = std::sync::Arc::clone(&peers);
+            expect(rt.block_on(rt.spawn(async move {
+                let start = Instant::now();
+                for _ in 0..n {
+                    expect(peers.ping_peer("bench-server").await);
+                }
+                start.elapsed()
+            })))
+        });
+    });
+    g.bench_function("mtls_peer_manager_liveness", |b| {
+        b.iter_custom(|n| {
+            let peers = std::sync::Arc::clone(&live_peers);
             expect(rt.block_on(rt.spawn(async move {
                 let start = Instant::now();
                 for _ in 0..n {

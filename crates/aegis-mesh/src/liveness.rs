@@ -222,6 +222,9 @@ pub struct Liveness {
     /// The topology as last seen: its version, each entry's stamp and state.
     seen_version: Option<u64>,
     seen: HashMap<NodeId, (Stamp, NodeState)>,
+    /// The IDs of `seen`, sorted (for random choices that do not depend on
+    /// hash order).
+    members: Vec<NodeId>,
     /// Members neither dead nor gone (this node included): the N of
     /// timeouts and retransmit limits.
     live: usize,
@@ -286,7 +289,8 @@ impl Liveness {
             answered: 0,
             seen_version: None,
             seen: HashMap::new(),
-            live: 1,
+            members: Vec::new(),
+            live: 0,
             news: Vec::new(),
             notes: Vec::new(),
             health: 0,
@@ -322,9 +326,10 @@ impl Liveness {
         self.raise_health(1);
     }
 
-    /// Members that are neither dead nor gone, this node included.
+    /// Members that are neither dead nor gone, this node included (as of
+    /// the last look at the topology; at least 1).
     pub fn live_members(&self) -> usize {
-        self.live
+        self.live.max(1)
     }
 
     /// Suspicion timers running here.
@@ -367,55 +372,108 @@ impl Liveness {
     /// Reads the topology again if it changed since the last look: queues
     /// every changed entry for piggybacking, starts a timer for every
     /// suspect without one, drops the timers of members that refuted.
+    /// Costs the changes, not the mesh size, while the topology remembers
+    /// them ([`Topology::changed_since`]).
     fn refresh(&mut self, topology: &Topology, now_ms: u64) {
         let version = topology.version();
         if self.seen_version == Some(version) {
             return;
         }
+        let changed = self.seen_version.and_then(|v| topology.changed_since(v));
         let first = self.seen_version.is_none();
         self.seen_version = Some(version);
-        let entries = topology.entries();
-        let mut seen = HashMap::with_capacity(entries.len());
-        let mut live = 0;
-        for e in &entries {
-            let id = e.id();
-            let now = (e.stamp, e.state);
-            if matches!(e.state, NodeState::Alive | NodeState::Suspect) {
-                live += 1;
+        match changed {
+            Some(ids) => {
+                for id in ids {
+                    match topology.get_entry(id.as_str()) {
+                        Some(e) => self.observe(&e, first, now_ms),
+                        None => self.forget(&id),
+                    }
+                }
             }
-            // At the first look only this node's own entry is news (it
-            // announces itself); later, every change is.
-            let changed = self.seen.get(id) != Some(&now);
-            if changed && (!first || *id == self.local) {
-                enqueue(&mut self.news, id.clone());
+            None => {
+                let entries = topology.entries();
+                let present: std::collections::HashSet<&NodeId> =
+                    entries.iter().map(|e| e.id()).collect();
+                let gone: Vec<NodeId> = self
+                    .seen
+                    .keys()
+                    .filter(|id| !present.contains(id))
+                    .cloned()
+                    .collect();
+                for id in gone {
+                    self.forget(&id);
+                }
+                for e in &entries {
+                    self.observe(e, first, now_ms);
+                }
             }
-            if e.state == NodeState::Suspect
-                && *id != self.local
-                && !self.timers.contains_key(id)
-                && self.tracks.get(id).and_then(|t| t.cleared_at) != Some(e.stamp)
-            {
-                self.timers.insert(
-                    id.clone(),
-                    Timer {
-                        stamp: e.stamp,
-                        started_ms: now_ms,
-                        not_before_ms: 0,
-                        suspectors: Vec::new(),
-                    },
-                );
-            }
-            seen.insert(id.clone(), now);
         }
-        self.timers.retain(|id, t| {
-            seen.get(id)
-                .is_some_and(|(stamp, state)| *stamp == t.stamp && *state == NodeState::Suspect)
-        });
-        self.tracks.retain(|id, _| {
-            seen.get(id)
-                .is_some_and(|(_, state)| *state != NodeState::Left)
-        });
-        self.seen = seen;
-        self.live = live.max(1);
+    }
+
+    /// Takes one entry as the topology holds it now.
+    fn observe(&mut self, e: &aegis_topology::Entry, first: bool, now_ms: u64) {
+        let id = e.id();
+        let now = (e.stamp, e.state);
+        let before = self.seen.insert(id.clone(), now);
+        if before == Some(now) {
+            return;
+        }
+        if before.is_none()
+            && let Err(at) = self.members.binary_search(id)
+        {
+            self.members.insert(at, id.clone());
+        }
+        let is_live = |s: NodeState| matches!(s, NodeState::Alive | NodeState::Suspect);
+        match (before.is_some_and(|(_, s)| is_live(s)), is_live(e.state)) {
+            (false, true) => self.live += 1,
+            (true, false) => self.live = self.live.saturating_sub(1),
+            _ => {}
+        }
+        // At the first look only this node's own entry is news (it
+        // announces itself); later, every change is.
+        if !first || *id == self.local {
+            enqueue(&mut self.news, id.clone());
+        }
+        if self
+            .timers
+            .get(id)
+            .is_some_and(|t| t.stamp != e.stamp || e.state != NodeState::Suspect)
+        {
+            self.timers.remove(id);
+        }
+        if e.state == NodeState::Suspect
+            && *id != self.local
+            && !self.timers.contains_key(id)
+            && self.tracks.get(id).and_then(|t| t.cleared_at) != Some(e.stamp)
+        {
+            self.timers.insert(
+                id.clone(),
+                Timer {
+                    stamp: e.stamp,
+                    started_ms: now_ms,
+                    not_before_ms: 0,
+                    suspectors: Vec::new(),
+                },
+            );
+        }
+        if e.state == NodeState::Left {
+            self.tracks.remove(id);
+        }
+    }
+
+    /// Forgets a member the topology no longer holds (purged).
+    fn forget(&mut self, id: &NodeId) {
+        if let Ok(at) = self.members.binary_search(id) {
+            self.members.remove(at);
+        }
+        if let Some((_, s)) = self.seen.remove(id)
+            && matches!(s, NodeState::Alive | NodeState::Suspect)
+        {
+            self.live = self.live.saturating_sub(1);
+        }
+        self.timers.remove(id);
+        self.tracks.remove(id);
     }
 
     /// Runs the clock: fires the suspicion timers that ran out (marking those
@@ -529,10 +587,9 @@ impl Liveness {
                 if self.empty_sides[side] == Some(key) {
                     return None;
                 }
-                let mut ids: Vec<&NodeId> = self.seen.keys().collect();
-                ids.sort();
-                let mut cycle: Vec<NodeId> = ids
-                    .into_iter()
+                let mut cycle: Vec<NodeId> = self
+                    .members
+                    .iter()
                     .filter(|id| self.is_due(id, now_ms) && self.is_known(id) == known)
                     .cloned()
                     .collect();
@@ -558,21 +615,49 @@ impl Liveness {
     /// random (never the target or this node, nor a member whose own last
     /// probe failed). Report the outcome with [`Liveness::on_probe`].
     pub fn helpers(&self, target: &NodeId, rng: &mut Rng) -> Vec<NodeId> {
+        self.sample(self.config.indirect_checks, rng, |id, state| {
+            state == NodeState::Alive
+                && id != target
+                && self.tracks.get(id).is_none_or(|t| t.misses == 0)
+        })
+    }
+
+    /// Up to `k` distinct members (never this node) that pass `keep`, at
+    /// random: by random draws from the sorted member list while they find
+    /// enough (constant work in a large mesh), by a full pass otherwise.
+    fn sample(
+        &self,
+        k: usize,
+        rng: &mut Rng,
+        keep: impl Fn(&NodeId, NodeState) -> bool,
+    ) -> Vec<NodeId> {
+        let ok =
+            |id: &NodeId| *id != self.local && self.seen.get(id).is_some_and(|(_, s)| keep(id, *s));
+        let n = self.members.len();
+        let mut out: Vec<NodeId> = Vec::with_capacity(k);
+        if k == 0 || n == 0 {
+            return out;
+        }
+        if n > 8 * k {
+            for _ in 0..4 * k {
+                let id = &self.members[rng.below(n)];
+                if ok(id) && !out.contains(id) {
+                    out.push(id.clone());
+                    if out.len() == k {
+                        return out;
+                    }
+                }
+            }
+        }
         let mut candidates: Vec<NodeId> = self
-            .seen
+            .members
             .iter()
-            .filter(|(id, (_, state))| {
-                *state == NodeState::Alive
-                    && *id != target
-                    && **id != self.local
-                    && self.tracks.get(*id).is_none_or(|t| t.misses == 0)
-            })
-            .map(|(id, _)| id.clone())
+            .filter(|id| ok(id) && !out.contains(id))
+            .cloned()
             .collect();
-        candidates.sort();
-        let k = rng.choose(&mut candidates, self.config.indirect_checks);
-        candidates.truncate(k);
-        candidates
+        let take = rng.choose(&mut candidates, k - out.len());
+        out.extend(candidates.into_iter().take(take));
+        out
     }
 
     /// Takes the outcome of a probe round of `id`; suspects the member when
@@ -764,19 +849,12 @@ impl Liveness {
     /// news: up to [`LivenessConfig::gossip_fanout`] alive members at
     /// random (none in steady state, so quiet meshes stay quiet).
     pub fn gossip_targets(&self, rng: &mut Rng) -> Vec<NodeId> {
-        if !self.has_news() || self.config.gossip_fanout == 0 {
+        if !self.has_news() {
             return Vec::new();
         }
-        let mut ids: Vec<NodeId> = self
-            .seen
-            .iter()
-            .filter(|(id, (_, state))| *state == NodeState::Alive && **id != self.local)
-            .map(|(id, _)| id.clone())
-            .collect();
-        ids.sort();
-        let k = rng.choose(&mut ids, self.config.gossip_fanout);
-        ids.truncate(k);
-        ids
+        self.sample(self.config.gossip_fanout, rng, |_, state| {
+            state == NodeState::Alive
+        })
     }
 
     /// How often each change is piggybacked: `retransmit_mult ×

@@ -203,11 +203,20 @@ struct State {
     buckets: Vec<Digest>,
     version: u64,
     live: usize,
+    /// Entries marked dead (so a purge with none to look at costs nothing).
+    dead: usize,
     /// Entries purged from `entries` (left or dead long enough), kept so
     /// that an older copy of them held elsewhere cannot bring the node back,
     /// and so that such a copy can be answered with the newer one.
     forgotten: HashMap<NodeId, Forgotten>,
+    /// The IDs changed by the last writes, with the version each made:
+    /// every change after `log_floor` is here (see [`Topology::changed_since`]).
+    log: std::collections::VecDeque<(u64, NodeId)>,
+    log_floor: u64,
 }
+
+/// Changes remembered for [`Topology::changed_since`].
+const LOG_LEN: usize = 4096;
 
 /// A purged entry and when it was purged.
 #[derive(Clone)]
@@ -226,12 +235,24 @@ impl Default for State {
             buckets: vec![Digest::default(); BUCKETS],
             version: 0,
             live: 0,
+            dead: 0,
             forgotten: HashMap::new(),
+            log: std::collections::VecDeque::new(),
+            log_floor: 0,
         }
     }
 }
 
 impl State {
+    fn log_change(&mut self, id: NodeId) {
+        self.log.push_back((self.version, id));
+        while self.log.len() > LOG_LEN {
+            if let Some((v, _)) = self.log.pop_front() {
+                self.log_floor = v;
+            }
+        }
+    }
+
     /// Puts `slot` in place of whatever was held for its ID, keeping the
     /// digest and the member sets right, and notes the service names touched.
     fn install(&mut self, slot: Slot, touched: &mut HashSet<String>) {
@@ -242,6 +263,9 @@ impl State {
             self.buckets[bucket_of(&id)].remove(term);
             if old.state != NodeState::Left {
                 self.live -= 1;
+            }
+            if old.state == NodeState::Dead {
+                self.dead -= 1;
             }
             if old.state.is_available() {
                 for s in &old.info.services {
@@ -266,6 +290,9 @@ impl State {
         if slot.state != NodeState::Left {
             self.live += 1;
         }
+        if slot.state == NodeState::Dead {
+            self.dead += 1;
+        }
         if slot.state.is_available() {
             for s in &slot.info.services {
                 self.members
@@ -277,8 +304,9 @@ impl State {
                 touched.insert(s.name.clone());
             }
         }
-        self.entries.insert(id, slot);
+        self.entries.insert(id.clone(), slot);
         self.version += 1;
+        self.log_change(id);
     }
 
     fn snapshot(&self, name: &str) -> Option<Published> {
@@ -748,6 +776,13 @@ impl Topology {
     fn purge(&self, cutoff: SystemTime, which: NodeState) -> usize {
         let _w = self.writer();
         let mut state = self.write();
+        let held = match which {
+            NodeState::Left => state.entries.len() - state.live,
+            _ => state.dead,
+        };
+        if held == 0 {
+            return 0;
+        }
         let old: Vec<NodeId> = state
             .entries
             .values()
@@ -762,8 +797,9 @@ impl Topology {
                 state.buckets[bucket_of(id)].remove(term);
                 if slot.state != NodeState::Left {
                     // Dead entries are not available: no provider list
-                    // holds them, so only the count changes.
+                    // holds them, so only the counts change.
                     state.live -= 1;
+                    state.dead -= 1;
                 }
                 state
                     .forgotten
@@ -788,6 +824,9 @@ impl Topology {
             return 0;
         }
         state.version += 1;
+        for id in &old {
+            state.log_change(id.clone());
+        }
         let version = state.version;
         self.shared
             .version
@@ -930,6 +969,28 @@ impl Topology {
         self.shared
             .version
             .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The IDs whose entries changed (or went) after `version`, in no
+    /// particular order and without repeats; `None` when changes that far
+    /// back are no longer remembered (the last 4,096 are), and the caller
+    /// must look at every entry instead. Lets a reader that keeps its own
+    /// view follow the topology at the cost of the changes, not of its size.
+    pub fn changed_since(&self, version: u64) -> Option<Vec<NodeId>> {
+        let state = self.read();
+        if version < state.log_floor {
+            return None;
+        }
+        let mut ids: Vec<NodeId> = state
+            .log
+            .iter()
+            .rev()
+            .take_while(|(v, _)| *v > version)
+            .map(|(_, id)| id.clone())
+            .collect();
+        ids.sort();
+        ids.dedup();
+        Some(ids)
     }
 
     /// The constant-size digest of every entry held.

@@ -355,3 +355,30 @@ fn the_next_stamp_is_always_greater() {
     assert_eq!(t.state_of("me"), Some(NodeState::Alive));
     assert!(t.get_entry("me").unwrap().stamp > last);
 }
+
+/// A reader that keeps its own view follows the topology by its changes:
+/// every write and purge after a version is listed, until the log no
+/// longer reaches back that far.
+#[test]
+fn changes_since_a_version_are_listed_while_remembered() {
+    let t = Topology::new();
+    t.add_node(node("a", &[])).unwrap();
+    let v = t.version();
+    assert_eq!(t.changed_since(v), Some(vec![]));
+    t.add_node(node("b", &[])).unwrap();
+    t.mark("a", NodeState::Dead).unwrap();
+    t.mark("b", NodeState::Suspect).unwrap();
+    let names = |ids: Vec<NodeId>| ids.iter().map(|i| i.to_string()).collect::<Vec<_>>();
+    assert_eq!(names(t.changed_since(v).unwrap()), ["a", "b"]);
+    let after_marks = t.version();
+    t.purge_dead(SystemTime::now() + Duration::from_secs(1));
+    assert_eq!(names(t.changed_since(after_marks).unwrap()), ["a"]);
+    assert_eq!(t.get_entry("a"), None);
+    // Thousands of writes later, the first version is out of reach.
+    for i in 0..5_000 {
+        t.update_node(node("b", &[("s", &format!("v{i}"))]))
+            .unwrap();
+    }
+    assert_eq!(t.changed_since(v), None);
+    assert_eq!(names(t.changed_since(t.version() - 1).unwrap()), ["b"]);
+}
