@@ -47,7 +47,7 @@ pub enum PeerError {
     },
     /// The call failed: transport error (connection refused, handshake
     /// refused, ...) or an error status from the peer.
-    #[error("{rpc} to peer {peer} failed: {status}")]
+    #[error("{rpc} to peer {peer} failed: {}", describe(status))]
     Rpc {
         /// The peer.
         peer: String,
@@ -84,6 +84,26 @@ pub enum PeerError {
     /// The gRPC server failed.
     #[error("the mesh server failed: {0}")]
     Server(#[source] tonic::transport::Error),
+    /// A seed address did not lead to a member of this mesh.
+    #[error("cannot join through {address}: {reason}")]
+    Seed {
+        /// The seed's address.
+        address: String,
+        /// Why, and what to check.
+        reason: String,
+    },
+}
+
+/// A status as one line: its code in words, then its message (tonic's own
+/// `Display` dumps metadata and details as well).
+pub fn describe(status: &tonic::Status) -> String {
+    let message = status.message();
+    let code = status.code().description();
+    if message.is_empty() {
+        code.to_owned()
+    } else {
+        format!("{message} ({code})")
+    }
 }
 
 impl PeerError {

@@ -114,6 +114,8 @@ impl HealthChecker for AlwaysHealthy {
 #[derive(Clone)]
 pub struct Health {
     tx: Arc<watch::Sender<HealthInfo>>,
+    /// The status of each of the node's own gRPC services, by gRPC name.
+    services: Arc<watch::Sender<std::collections::BTreeMap<String, HealthStatus>>>,
 }
 
 impl fmt::Debug for Health {
@@ -133,6 +135,7 @@ impl Health {
     pub fn new() -> Self {
         Self {
             tx: Arc::new(watch::Sender::new(HealthInfo::new())),
+            services: Arc::new(watch::Sender::new(std::collections::BTreeMap::new())),
         }
     }
 
@@ -187,5 +190,28 @@ impl Health {
     /// A receiver that sees every change.
     pub fn subscribe(&self) -> watch::Receiver<HealthInfo> {
         self.tx.subscribe()
+    }
+
+    /// Sets the status of one of the node's gRPC services, by its gRPC name
+    /// (`greeter.v1.Greeter`): `grpc.health.v1` reports it under that name
+    /// (as not serving whenever the node itself is unhealthy).
+    pub fn set_service(&self, grpc_name: impl Into<String>, status: HealthStatus) {
+        let name = grpc_name.into();
+        tracing::debug!(service = %name, status = %status, "service health set");
+        self.services.send_modify(|m| {
+            m.insert(name, status);
+        });
+    }
+
+    /// The status set for a gRPC service, if any.
+    pub fn service(&self, grpc_name: &str) -> Option<HealthStatus> {
+        self.services.borrow().get(grpc_name).copied()
+    }
+
+    /// A receiver that sees every change of the services' statuses.
+    pub fn subscribe_services(
+        &self,
+    ) -> watch::Receiver<std::collections::BTreeMap<String, HealthStatus>> {
+        self.services.subscribe()
     }
 }

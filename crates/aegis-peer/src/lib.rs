@@ -47,7 +47,7 @@ pub use caller::{
     Caller, CallerError, MeshConnectInfo, PeerCertificate, caller_from_request,
     must_caller_from_request,
 };
-pub use error::PeerError;
+pub use error::{PeerError, describe};
 pub use health::{
     AlwaysHealthy, CheckFuture, FunctionHealthChecker, Health, HealthCheckError, HealthChecker,
     HealthInfo, HealthStatus, ParseHealthStatusError,

@@ -289,26 +289,40 @@ async fn accept_loop(
     tracing::debug!("accept loop stopped; listener closed");
 }
 
-/// Keeps the standard gRPC health service in step with the node's health.
+/// Keeps the standard gRPC health service in step with the node's health
+/// and with each of its own services' (a service is not serving whenever
+/// the node is not).
 async fn follow_health(
     health: Health,
     reporter: tonic_health::server::HealthReporter,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let serving = |s: HealthStatus| match s {
+        HealthStatus::Healthy => ServingStatus::Serving,
+        HealthStatus::Unhealthy => ServingStatus::NotServing,
+        HealthStatus::Unknown => ServingStatus::Unknown,
+    };
     let mut rx = health.subscribe();
+    let mut services = health.subscribe_services();
     loop {
-        let status = match rx.borrow_and_update().status {
-            HealthStatus::Healthy => ServingStatus::Serving,
-            HealthStatus::Unhealthy => ServingStatus::NotServing,
-            HealthStatus::Unknown => ServingStatus::Unknown,
-        };
-        reporter.set_service_status("", status).await;
+        let node = rx.borrow_and_update().status;
+        reporter.set_service_status("", serving(node)).await;
         reporter
-            .set_service_status("aegis.MeshService", status)
+            .set_service_status("aegis.MeshService", serving(node))
             .await;
+        let own = services.borrow_and_update().clone();
+        for (name, status) in own {
+            let status = if node == HealthStatus::Healthy {
+                status
+            } else {
+                node
+            };
+            reporter.set_service_status(&name, serving(status)).await;
+        }
         tokio::select! {
             _ = shutdown.wait_for(|stop| *stop) => return,
             changed = rx.changed() => if changed.is_err() { return },
+            changed = services.changed() => if changed.is_err() { return },
         }
     }
 }

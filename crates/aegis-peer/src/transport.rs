@@ -12,7 +12,7 @@ use aegis_tls::{NodeId, TlsConfig};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio_rustls::{TlsConnector, server::TlsStream};
+use tokio_rustls::{TlsConnector, rustls, server::TlsStream};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::PeerError;
@@ -153,6 +153,125 @@ pub fn mtls_channel_observed(
         }
     });
     Ok(endpoint.connect_with_connector_lazy(connect))
+}
+
+/// Accepts the certificate of any node of the mesh, whatever its ID: the
+/// chain must lead to the mesh CA and the certificate must name the node ID
+/// in its common name. Used only to learn who a seed address is.
+#[derive(Debug)]
+struct AnyMeshNode {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for AnyMeshNode {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let id = aegis_tls::CertInfo::from_der(end_entity)
+            .ok()
+            .and_then(|info| info.common_name)
+            .and_then(|cn| NodeId::new(&cn).ok())
+            .ok_or_else(|| {
+                rustls::Error::General("the certificate names no valid node ID".into())
+            })?;
+        let name = aegis_tls::server_name(id.as_str())
+            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        self.inner
+            .verify_server_cert(end_entity, intermediates, &name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// Who answers at `address`: a TLS handshake (with this node's
+/// certificate) that accepts any node of the mesh, and the node ID its
+/// certificate names. This is how a node joins knowing only a seed's
+/// address; every later connection to it checks that ID as usual.
+///
+/// # Errors
+/// [`PeerError::InvalidAddress`] for an address that is not `host:port`;
+/// [`PeerError::Seed`] naming the address and what to check when nothing
+/// answers there, it does not speak TLS, or its certificate is not from
+/// this mesh's CA.
+pub async fn identify(
+    tls: &TlsConfig,
+    address: &str,
+    timeout: Duration,
+) -> Result<NodeId, PeerError> {
+    check_address(address)?;
+    let seed = |reason: String| PeerError::Seed {
+        address: address.to_owned(),
+        reason,
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        tls.root_store(),
+        Arc::clone(&provider),
+    )
+    .build()
+    .map_err(|e| seed(format!("the mesh CA cannot verify servers: {e}")))?;
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| seed(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyMeshNode { inner }))
+        .with_client_auth_cert(tls.cert_chain().to_vec(), tls.private_key())
+        .map_err(|e| seed(format!("this node's certificate is unusable: {e}")))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let handshake = async {
+        let tcp = TcpStream::connect(address)
+            .await
+            .map_err(|e| seed(format!("nothing answers there ({e})")))?;
+        // The name is not checked (see `AnyMeshNode`); any valid one will do.
+        let name =
+            rustls::pki_types::ServerName::try_from("seed").map_err(|e| seed(e.to_string()))?;
+        let stream = TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .map_err(|e| {
+                let hint = if e.to_string().contains("UnknownIssuer") {
+                    " — its certificate is not from this mesh's CA: are both nodes using the same certificate directory or CA?"
+                } else {
+                    ""
+                };
+                seed(format!("TLS handshake failed: {e}{hint}"))
+            })?;
+        let (_, conn) = stream.get_ref();
+        conn.peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|der| aegis_tls::CertInfo::from_der(der).ok())
+            .and_then(|info| info.common_name)
+            .and_then(|cn| NodeId::new(&cn).ok())
+            .ok_or_else(|| seed("its certificate names no node ID".into()))
+    };
+    tokio::time::timeout(timeout, handshake)
+        .await
+        .map_err(|_| seed(format!("no TLS handshake within {timeout:?}")))?
 }
 
 /// The server's open connections, so that a stop whose grace period runs

@@ -31,8 +31,10 @@
 //! ```
 #![warn(missing_docs)]
 
+mod balanced;
 mod error;
 mod pool;
 
+pub use balanced::BalancedChannel;
 pub use error::PoolError;
 pub use pool::{PoolConfig, ServiceClient, ServiceClientPool};

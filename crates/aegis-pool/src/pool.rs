@@ -41,9 +41,10 @@ struct Outlier {
     failures: AtomicU32,
 }
 
-struct Provider {
-    address: String,
-    channel: Channel,
+pub(crate) struct Provider {
+    pub(crate) id: NodeId,
+    pub(crate) address: String,
+    pub(crate) channel: Channel,
     outlier: Arc<Outlier>,
 }
 
@@ -200,6 +201,18 @@ impl ServiceClientPool {
     }
 
     fn pick(&self, name: &str, version: &str) -> Result<Channel, PoolError> {
+        self.pick_provider(name, version, &[])
+            .map(|p| p.channel.clone())
+    }
+
+    /// The next provider of (name, version) round-robin, skipping those in
+    /// `exclude` (already tried) and those set aside while others remain.
+    pub(crate) fn pick_provider(
+        &self,
+        name: &str,
+        version: &str,
+        exclude: &[NodeId],
+    ) -> Result<Arc<Provider>, PoolError> {
         let inner = &*self.inner;
         if inner.closed.load(Ordering::Acquire) {
             return Err(PoolError::Closed);
@@ -211,22 +224,28 @@ impl ServiceClientPool {
             if let Some(route) = routes.get(name).and_then(|v| v.get(version))
                 && route.version == current
             {
-                return self.pick_from(route, name, version);
+                return self.pick_from(route, name, version, exclude);
             }
         }
         // The topology changed since this route was resolved (or it is new).
         self.resolve(tls, name, version, current)?;
         let routes = read(&inner.routes);
         match routes.get(name).and_then(|v| v.get(version)) {
-            Some(route) => self.pick_from(route, name, version),
+            Some(route) => self.pick_from(route, name, version, exclude),
             None => Err(no_providers(name, version)),
         }
     }
 
-    /// The first provider from the round-robin position on that is not set
-    /// aside; if all are, the one at the position (try anyway rather than
-    /// fail untried).
-    fn pick_from(&self, route: &Route, name: &str, version: &str) -> Result<Channel, PoolError> {
+    /// The first provider from the round-robin position on that is neither
+    /// excluded nor set aside; if all that are not excluded are set aside,
+    /// the first of those (try anyway rather than fail untried).
+    fn pick_from(
+        &self,
+        route: &Route,
+        name: &str,
+        version: &str,
+        exclude: &[NodeId],
+    ) -> Result<Arc<Provider>, PoolError> {
         let n = route.slots.len();
         if n == 0 {
             return Err(no_providers(name, version));
@@ -234,14 +253,21 @@ impl ServiceClientPool {
         let start = route.counter.fetch_add(1, Ordering::Relaxed);
         // Read the clock only if some provider is set aside.
         let mut now = None;
+        let mut fallback = None;
         for k in 0..n {
             let p = &route.slots[(start + k) % n];
+            if !exclude.is_empty() && exclude.contains(&p.id) {
+                continue;
+            }
             let until = p.outlier.until_ms.load(Ordering::Relaxed);
             if until == 0 || until <= *now.get_or_insert_with(|| self.now_ms()) {
-                return Ok(p.channel.clone());
+                return Ok(Arc::clone(p));
             }
+            fallback.get_or_insert(p);
         }
-        Ok(route.slots[start % n].channel.clone())
+        fallback
+            .map(Arc::clone)
+            .ok_or_else(|| no_providers(name, version))
     }
 
     /// Resolves the preferred providers of (name, version) to their
@@ -302,6 +328,7 @@ impl ServiceClientPool {
             reason: e.to_string(),
         })?;
         let provider = Arc::new(Provider {
+            id: node.id.clone(),
             address: node.address.clone(),
             channel,
             outlier,

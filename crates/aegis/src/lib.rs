@@ -83,7 +83,7 @@ pub use aegis_peer::{
     PeerInfo, caller_from_request, must_caller_from_request,
 };
 #[cfg(feature = "pool")]
-pub use aegis_pool::{PoolError, ServiceClient, ServiceClientPool};
+pub use aegis_pool::{BalancedChannel, PoolError, ServiceClient, ServiceClientPool};
 #[cfg(feature = "tls")]
 pub use aegis_tls::{
     CertificateSource, TlsConfig, TlsOptions, load_or_generate_tls, load_tls_config,
@@ -132,6 +132,43 @@ pub use error::Error;
 pub use mesh::MeshConfig;
 #[cfg(feature = "node")]
 pub use node::{Node, NodeBuilder};
+
+/// Resolves on the first SIGINT (Ctrl-C) or SIGTERM (what `kill`, systemd
+/// and Kubernetes send), so that a service can `shutdown()` its node and
+/// announce that it leaves:
+///
+/// ```no_run
+/// # async fn run(node: aegis::Node) -> Result<(), aegis::Error> {
+/// aegis::shutdown_signal().await;
+/// node.shutdown().await?;
+/// # Ok(()) }
+/// ```
+///
+/// If a handler cannot be installed (no signal support), it waits for the
+/// other one only, and never resolves if neither can be.
+#[cfg(feature = "node")]
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
 
 /// Generated clients and servers of the shared domain contracts.
 #[cfg(feature = "services")]

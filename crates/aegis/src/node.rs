@@ -32,6 +32,8 @@ pub struct NodeBuilder {
     address: Option<String>,
     services: Vec<ServiceInfo>,
     registrars: Vec<Registrar>,
+    grpc_services: Vec<&'static str>,
+    seeds: Vec<String>,
     cert_dir: PathBuf,
     tls_options: Option<TlsOptions>,
     mesh: MeshConfig,
@@ -66,6 +68,8 @@ impl NodeBuilder {
             address: None,
             services: Vec::new(),
             registrars: Vec::new(),
+            grpc_services: Vec::new(),
+            seeds: Vec::new(),
             cert_dir: PathBuf::from("./certs"),
             tls_options: None,
             mesh: MeshConfig::default(),
@@ -102,6 +106,62 @@ impl NodeBuilder {
     /// Services the node offers.
     pub fn with_services(mut self, services: impl IntoIterator<Item = ServiceInfo>) -> Self {
         self.services.extend(services);
+        self
+    }
+
+    /// Declares `info` in the mesh and serves `service` for it, in one
+    /// step: the service is registered on the server, the node is listed as
+    /// a provider of `info`, and `grpc.health.v1` reports the service under
+    /// its gRPC name (serving once the server runs; change it with
+    /// [`Node::set_service_health`]).
+    ///
+    /// ```no_run
+    /// # fn run<S>(greeter: S) -> Result<(), aegis::Error>
+    /// # where S: aegis::tonic::codegen::Service<
+    /// #     aegis::tonic::codegen::http::Request<aegis::tonic::body::Body>,
+    /// #     Response = aegis::tonic::codegen::http::Response<aegis::tonic::body::Body>,
+    /// #     Error = std::convert::Infallible> + aegis::tonic::server::NamedService
+    /// #     + Clone + Send + Sync + 'static, S::Future: Send + 'static {
+    /// use aegis::{Node, ServiceInfo};
+    /// // `greeter` is a generated server, e.g. `GreeterServer::new(MyGreeter)`.
+    /// let node = Node::builder()
+    ///     .with_id("greeter-1")
+    ///     .with_name("greeter")
+    ///     .with_address("127.0.0.1:7101")
+    ///     .with_grpc_service(ServiceInfo::new("greeter", "v1"), greeter)
+    ///     .build()?;
+    /// # let _ = node; Ok(()) }
+    /// ```
+    pub fn with_grpc_service<S>(mut self, info: ServiceInfo, service: S) -> Self
+    where
+        S: tonic::codegen::Service<
+                tonic::codegen::http::Request<tonic::body::Body>,
+                Response = tonic::codegen::http::Response<tonic::body::Body>,
+                Error = std::convert::Infallible,
+            > + tonic::server::NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        self.services.push(info);
+        self.grpc_services.push(S::NAME);
+        self.registrars
+            .push(Arc::new(move |routes: &mut RoutesBuilder| {
+                routes.add_service(service.clone());
+            }));
+        self
+    }
+
+    /// Joins the mesh through a seed known only by its address
+    /// (`host:port`): once the server runs, the node asks who answers there
+    /// (the seed's certificate must chain to this mesh's CA; its node ID is
+    /// read from it), makes it a peer and syncs. A seed that is not up yet
+    /// is tried again with back-off; one from another CA is refused with an
+    /// error in the log that says so. See also [`Node::join`].
+    pub fn with_seed(mut self, address: impl Into<String>) -> Self {
+        self.seeds.push(address.into());
         self
     }
 
@@ -175,6 +235,12 @@ impl NodeBuilder {
             field: "address",
             reason: e.to_string(),
         })?;
+        for seed in &self.seeds {
+            aegis_peer::transport::check_address(seed).map_err(|e| Error::InvalidField {
+                field: "seed",
+                reason: e.to_string(),
+            })?;
+        }
         // Everything is checked before anything touches the disk: a refused
         // build leaves no key or certificate behind.
         let own = NodeInfo::new(id.as_str(), name.clone(), address)?
@@ -232,6 +298,8 @@ impl NodeBuilder {
                 pool: OnceLock::new(),
                 membership,
                 registrars: self.registrars,
+                grpc_services: self.grpc_services,
+                seeds: self.seeds,
                 mesh: self.mesh,
                 server_config: self.server_config,
                 shutdown_grace: self.shutdown_grace,
@@ -247,12 +315,16 @@ struct Running {
     server: Option<ServerHandle>,
     stop: watch::Sender<bool>,
     mesh: Option<JoinHandle<()>>,
+    seeds: Vec<JoinHandle<()>>,
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
         if let Some(task) = self.mesh.take() {
+            task.abort();
+        }
+        for task in &self.seeds {
             task.abort();
         }
     }
@@ -271,6 +343,8 @@ pub(crate) struct NodeInner {
     pool: OnceLock<ServiceClientPool>,
     membership: Arc<Hub>,
     registrars: Vec<Registrar>,
+    grpc_services: Vec<&'static str>,
+    seeds: Vec<String>,
     mesh: MeshConfig,
     server_config: MeshServerConfig,
     shutdown_grace: Duration,
@@ -290,6 +364,34 @@ impl NodeInner {
         info.updated_at = 0;
         self.topology.update_node(info)?;
         Ok(())
+    }
+
+    async fn join(&self, address: &str) -> Result<NodeId, Error> {
+        let id = aegis_peer::transport::identify(&self.tls, address, Duration::from_secs(3))
+            .await
+            .map_err(|e| match e {
+                aegis_peer::PeerError::InvalidAddress { reason, .. } => Error::InvalidField {
+                    field: "seed",
+                    reason: format!("{address:?}: {reason}"),
+                },
+                other => Error::Peer(other),
+            })?;
+        if id == self.id {
+            return Err(Error::InvalidField {
+                field: "seed",
+                reason: format!("{address} is this node itself"),
+            });
+        }
+        if self.peers.get_peer(id.as_str()).is_none() {
+            match self.peers.add_peer(PeerInfo::new(id.as_str(), address)?) {
+                // Learnt meanwhile from the topology: fine.
+                Ok(_) | Err(aegis_peer::PeerError::AlreadyExists(_)) => {}
+                Err(other) => return Err(other.into()),
+            }
+        }
+        self.peers.sync_topology(id.as_str()).await?;
+        crate::mesh::learn_peers(&self.peers, &self.topology, &self.id);
+        Ok(id)
     }
 
     fn publish_health(&self, status: HealthStatus) {
@@ -372,6 +474,18 @@ impl Node {
             self.inner.update_own(|info| info.address = advertised)?;
         }
         let (stop, stop_rx) = watch::channel(false);
+        let seeds = self
+            .inner
+            .seeds
+            .iter()
+            .map(|address| {
+                tokio::spawn(join_seed(
+                    Arc::downgrade(&self.inner),
+                    address.clone(),
+                    stop_rx.clone(),
+                ))
+            })
+            .collect();
         let mesh = self.inner.mesh.enabled.then(|| {
             let driver = mesh::Driver {
                 local: self.inner.id.clone(),
@@ -383,11 +497,17 @@ impl Node {
             tokio::spawn(mesh::run(driver, stop_rx, self.seed()))
         });
         self.set_health(HealthStatus::Healthy, "serving", None);
+        for name in &self.inner.grpc_services {
+            if self.inner.health.service(name).is_none() {
+                self.inner.health.set_service(*name, HealthStatus::Healthy);
+            }
+        }
         tracing::info!(node_id = %self.inner.id, address = %bound, "node started");
         *running = Some(Running {
             server: Some(handle),
             stop,
             mesh,
+            seeds,
         });
         Ok(bound)
     }
@@ -455,6 +575,25 @@ impl Node {
         self.check_open()?;
         self.inner.peers.add_peer(info)?;
         Ok(())
+    }
+
+    /// Joins through a node known only by its address: asks who answers
+    /// there (its certificate must chain to this mesh's CA, and names its
+    /// node ID), makes it a peer, and syncs with it once. Returns its ID.
+    ///
+    /// # Errors
+    /// [`Error::InvalidField`] (`seed`) for a malformed address or this
+    /// node's own; [`Error::Peer`] with [`aegis_peer::PeerError::Seed`]
+    /// saying why nothing usable answered (not up, not TLS, another CA).
+    pub async fn join(&self, address: &str) -> Result<NodeId, Error> {
+        self.check_open()?;
+        self.inner.join(address).await
+    }
+
+    /// Sets the health of one of this node's gRPC services, by its gRPC
+    /// name (`greeter.v1.Greeter`), as `grpc.health.v1` reports it.
+    pub fn set_service_health(&self, grpc_name: &str, status: HealthStatus) {
+        self.inner.health.set_service(grpc_name, status);
     }
 
     /// Removes a peer and closes its channel.
@@ -685,4 +824,40 @@ fn hash(s: &str) -> u64 {
     s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     })
+}
+
+/// Joins through `address` in the background until it works, the node is
+/// gone, or it stops: 200 ms between tries, doubling up to 5 s. The first
+/// failure is a warning that says why; later ones are debug lines.
+async fn join_seed(
+    node: std::sync::Weak<NodeInner>,
+    address: String,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut wait = Duration::from_millis(200);
+    let mut warned = false;
+    loop {
+        let Some(inner) = node.upgrade() else {
+            return;
+        };
+        match inner.join(&address).await {
+            Ok(id) => {
+                tracing::info!(node_id = %inner.id, seed = %address, peer = %id, "joined through seed");
+                return;
+            }
+            Err(e) if !warned => {
+                tracing::warn!(node_id = %inner.id, seed = %address, error = %e, "cannot join through seed yet; retrying");
+                warned = true;
+            }
+            Err(e) => {
+                tracing::debug!(node_id = %inner.id, seed = %address, error = %e, "seed still unusable")
+            }
+        }
+        drop(inner);
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+        wait = (wait * 2).min(Duration::from_secs(5));
+    }
 }
