@@ -254,7 +254,10 @@ pub async fn identify(
             .connect(name, tcp)
             .await
             .map_err(|e| {
-                let hint = if e.to_string().contains("UnknownIssuer") {
+                // Generated CAs share one subject, so a foreign CA shows
+                // up as a bad signature as often as an unknown issuer.
+                let text = e.to_string();
+                let hint = if text.contains("UnknownIssuer") || text.contains("BadSignature") {
                     " — its certificate is not from this mesh's CA: are both nodes using the same certificate directory or CA?"
                 } else {
                     ""

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! greeter provide --id greeter-1 --address 127.0.0.1:7101 --cert-dir ./certs [--seed HOST:PORT]
-//! greeter demo [--calls N]
+//! greeter demo [--calls N] [--retries N]
 //! ```
 //!
 //! `provide` runs one provider of `greeter v1` until SIGINT or SIGTERM.
@@ -27,7 +27,7 @@ use greeter::pb::greeter_client::GreeterClient;
 
 const USAGE: &str = "\
 usage: greeter provide --id ID --address HOST:PORT [--cert-dir DIR] [--seed HOST:PORT]
-       greeter demo [--calls N]";
+       greeter demo [--calls N] [--retries N]";
 
 fn flag(args: &[String], name: &str) -> Option<String> {
     args.iter()
@@ -141,6 +141,7 @@ fn spawn_provider(
 
 async fn demo(args: &[String]) -> Result<(), BoxError> {
     let calls: usize = flag(args, "--calls").map_or(Ok(20), |c| c.parse())?;
+    let retries: usize = flag(args, "--retries").map_or(Ok(2), |c| c.parse())?;
     let dir = std::env::temp_dir().join(format!("greeter-demo-{}", std::process::id()));
     let certs = dir
         .to_str()

@@ -25,3 +25,12 @@ pub async fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool
     }
     start.elapsed()
 }
+
+/// Polls the async `f` until it holds; panics naming `what` after `limit`.
+pub async fn wait_until_async(limit: Duration, what: &str, mut f: impl AsyncFnMut() -> bool) {
+    let start = Instant::now();
+    while !f().await {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -1,0 +1,223 @@
+//! A user's own gRPC service on aegis: declared and served in one step,
+//! health per service, joining through an address alone, per-request
+//! balancing with failover.
+
+mod support;
+
+use std::time::Duration;
+
+use aegis::peer::proto::testing::echo_client::EchoClient;
+use aegis::peer::proto::testing::echo_server::{Echo, EchoServer};
+use aegis::peer::proto::testing::{SlowRequest, WhoAmIRequest, WhoAmIResponse};
+use aegis::tonic::{Request, Response, Status};
+use aegis::{HealthStatus, MeshConfig, NodeState, ServiceInfo};
+use support::builder;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+/// Answers with the provider's own ID.
+#[derive(Clone)]
+struct Named(String);
+
+#[aegis::tonic::async_trait]
+impl Echo for Named {
+    async fn who_am_i(
+        &self,
+        _: Request<WhoAmIRequest>,
+    ) -> Result<Response<WhoAmIResponse>, Status> {
+        Ok(Response::new(WhoAmIResponse {
+            caller_id: self.0.clone(),
+        }))
+    }
+
+    async fn slow(&self, _: Request<SlowRequest>) -> Result<Response<WhoAmIResponse>, Status> {
+        Err(Status::unimplemented("not here"))
+    }
+}
+
+fn echo_v1() -> ServiceInfo {
+    ServiceInfo::new("echo", "v1")
+}
+
+const ECHO: &str = "aegis.testing.Echo";
+
+async fn serving(node: &aegis::Node, address: &str, service: &str) -> ServingStatus {
+    let channel = aegis::peer::transport::mtls_channel(
+        node.tls_config(),
+        &aegis::NodeId::new("p1").unwrap(),
+        address,
+        &Default::default(),
+    )
+    .unwrap();
+    let answer = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .unwrap();
+    answer.into_inner().status()
+}
+
+/// Declared (the topology lists it), served (a call answers), and reported
+/// in grpc.health.v1 under its gRPC name, per service.
+#[tokio::test]
+async fn a_grpc_service_is_declared_served_and_reported_in_one_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let provider = builder(dir.path(), "p1")
+        .with_grpc_service(echo_v1(), EchoServer::new(Named("p1".into())))
+        .build()
+        .unwrap();
+    assert_eq!(provider.services(), [echo_v1()]);
+    let address = provider.start_server().await.unwrap().to_string();
+    assert!(
+        provider
+            .topology()
+            .get_node("p1")
+            .unwrap()
+            .provides("echo", "v1")
+    );
+    let consumer = builder(dir.path(), "c1").build().unwrap();
+    consumer.start_server().await.unwrap();
+    assert_eq!(consumer.join(&address).await.unwrap().as_str(), "p1");
+    let found = consumer
+        .wait_for_providers("echo", "v1", 1, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 1);
+    let mut echo = EchoClient::new(consumer.client_pool().balanced("echo", "v1"));
+    let answer = echo.who_am_i(WhoAmIRequest {}).await.unwrap();
+    assert_eq!(answer.into_inner().caller_id, "p1");
+
+    assert_eq!(
+        serving(&consumer, &address, ECHO).await,
+        ServingStatus::Serving
+    );
+    provider.set_service_health(ECHO, HealthStatus::Unhealthy);
+    support::wait_until_async(Duration::from_secs(5), "echo not serving", async || {
+        serving(&consumer, &address, ECHO).await == ServingStatus::NotServing
+    })
+    .await;
+    // The node as a whole is still serving.
+    assert_eq!(
+        serving(&consumer, &address, "").await,
+        ServingStatus::Serving
+    );
+    provider.set_service_health(ECHO, HealthStatus::Healthy);
+    // A node that is unhealthy as a whole serves none of its services.
+    provider.set_health(HealthStatus::Unhealthy, "draining", None);
+    support::wait_until_async(
+        Duration::from_secs(5),
+        "echo follows the node",
+        async || serving(&consumer, &address, ECHO).await == ServingStatus::NotServing,
+    )
+    .await;
+    consumer.shutdown().await.unwrap();
+    provider.shutdown().await.unwrap();
+}
+
+/// `with_seed` joins through an address alone; a seed whose certificate
+/// comes from another CA is refused, saying so.
+#[tokio::test]
+async fn a_node_joins_through_an_address_and_refuses_a_foreign_seed() {
+    let dir = tempfile::tempdir().unwrap();
+    let seed = builder(dir.path(), "s1").build().unwrap();
+    let seed_address = seed.start_server().await.unwrap().to_string();
+    let joiner = builder(dir.path(), "j1")
+        .with_seed(&seed_address)
+        .build()
+        .unwrap();
+    joiner.start_server().await.unwrap();
+    support::wait_until(Duration::from_secs(10), "joined through the seed", || {
+        joiner.topology().get_node("s1").is_some() && seed.topology().get_node("j1").is_some()
+    })
+    .await;
+
+    let other_ca = tempfile::tempdir().unwrap();
+    let stranger = builder(other_ca.path(), "x1").build().unwrap();
+    let stranger_address = stranger.start_server().await.unwrap().to_string();
+    let err = joiner
+        .join(&stranger_address)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(&stranger_address), "{err}");
+    assert!(err.contains("not from this mesh's CA"), "{err}");
+    assert!(joiner.topology().get_node("x1").is_none());
+    // Nothing listens: said plainly.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let err = joiner.join(&closed).await.unwrap_err().to_string();
+    assert!(err.contains("nothing answers there"), "{err}");
+    // Not an address at all: the field is named.
+    let err = joiner.join("nope").await.unwrap_err().to_string();
+    assert!(err.contains("seed"), "{err}");
+    for n in [joiner, seed, stranger] {
+        n.shutdown().await.unwrap();
+    }
+}
+
+/// One balanced client: calls go to every provider in turn; a provider
+/// that cannot be reached fails the call that picked it, naming it —
+/// unless retries are on, when the call goes to the next provider.
+#[tokio::test]
+async fn a_balanced_channel_fails_over_only_with_retries() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = builder(dir.path(), "b-live")
+        .with_grpc_service(echo_v1(), EchoServer::new(Named("b-live".into())))
+        .build()
+        .unwrap();
+    let live_address = live.start_server().await.unwrap().to_string();
+    // A provider entry whose address refuses connections (the node is
+    // gone, and nobody has noticed yet: the consumer runs no mesh loop).
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let dead = aegis::topology::Entry::new(
+        aegis::NodeInfo::new("a-dead", "a-dead", closed.clone())
+            .unwrap()
+            .with_services([echo_v1()]),
+        aegis::topology::Stamp::new(1, 1),
+        NodeState::Alive,
+    );
+    for retries in [0, 1] {
+        let consumer = builder(dir.path(), &format!("c{retries}"))
+            .with_mesh_loop(MeshConfig::disabled())
+            .build()
+            .unwrap();
+        consumer.join(&live_address).await.unwrap();
+        consumer.topology().apply(vec![dead.clone()]).unwrap();
+        let channel = consumer
+            .client_pool()
+            .balanced("echo", "v1")
+            .with_retries(retries);
+        let mut echo = EchoClient::new(channel);
+        let mut failures = Vec::new();
+        for _ in 0..4 {
+            match echo.who_am_i(WhoAmIRequest {}).await {
+                Ok(r) => assert_eq!(r.into_inner().caller_id, "b-live"),
+                Err(status) => failures.push(status),
+            }
+        }
+        if retries == 0 {
+            // The dead provider's turn fails once; then it is set aside.
+            assert_eq!(failures.len(), 1, "{failures:?}");
+            let status = &failures[0];
+            assert_eq!(status.code(), aegis::tonic::Code::Unavailable);
+            assert!(
+                status
+                    .message()
+                    .starts_with(&format!("echo v1: provider a-dead at {closed}: ")),
+                "{}",
+                status.message()
+            );
+        } else {
+            assert!(failures.is_empty(), "{failures:?}");
+        }
+        consumer.shutdown().await.unwrap();
+    }
+    live.shutdown().await.unwrap();
+}
