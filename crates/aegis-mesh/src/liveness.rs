@@ -225,6 +225,9 @@ pub struct Liveness {
     /// The IDs of `seen`, sorted (for random choices that do not depend on
     /// hash order).
     members: Vec<NodeId>,
+    /// Members that serve nothing (a client-only node advertises port 0):
+    /// never probed, never asked for help, never sent news.
+    unreachable: std::collections::HashSet<NodeId>,
     /// Members neither dead nor gone (this node included): the N of
     /// timeouts and retransmit limits.
     live: usize,
@@ -290,6 +293,7 @@ impl Liveness {
             seen_version: None,
             seen: HashMap::new(),
             members: Vec::new(),
+            unreachable: std::collections::HashSet::new(),
             live: 0,
             news: Vec::new(),
             notes: Vec::new(),
@@ -424,6 +428,11 @@ impl Liveness {
         {
             self.members.insert(at, id.clone());
         }
+        if e.info.address.ends_with(":0") {
+            self.unreachable.insert(id.clone());
+        } else {
+            self.unreachable.remove(id);
+        }
         let is_live = |s: NodeState| matches!(s, NodeState::Alive | NodeState::Suspect);
         match (before.is_some_and(|(_, s)| is_live(s)), is_live(e.state)) {
             (false, true) => self.live += 1,
@@ -467,6 +476,7 @@ impl Liveness {
         if let Ok(at) = self.members.binary_search(id) {
             self.members.remove(at);
         }
+        self.unreachable.remove(id);
         if let Some((_, s)) = self.seen.remove(id)
             && matches!(s, NodeState::Alive | NodeState::Suspect)
         {
@@ -555,6 +565,7 @@ impl Liveness {
 
     fn is_due(&self, id: &NodeId, now_ms: u64) -> bool {
         *id != self.local
+            && !self.unreachable.contains(id)
             && self.seen.get(id).is_some_and(|(_, state)| match state {
                 NodeState::Left => false,
                 NodeState::Dead => self
@@ -631,8 +642,11 @@ impl Liveness {
         rng: &mut Rng,
         keep: impl Fn(&NodeId, NodeState) -> bool,
     ) -> Vec<NodeId> {
-        let ok =
-            |id: &NodeId| *id != self.local && self.seen.get(id).is_some_and(|(_, s)| keep(id, *s));
+        let ok = |id: &NodeId| {
+            *id != self.local
+                && !self.unreachable.contains(id)
+                && self.seen.get(id).is_some_and(|(_, s)| keep(id, *s))
+        };
         let n = self.members.len();
         let mut out: Vec<NodeId> = Vec::with_capacity(k);
         if k == 0 || n == 0 {

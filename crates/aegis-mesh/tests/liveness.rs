@@ -552,3 +552,34 @@ fn news_is_gossiped_to_a_few_members_only_while_there_is_news() {
     }
     assert!(l.gossip_targets(&mut rng).is_empty());
 }
+
+/// A client-only node (it serves nothing: its entry says port 0) is a
+/// member, but is never probed, asked for help or sent news.
+#[test]
+fn a_client_only_member_is_never_probed() {
+    let t = owned("me");
+    t.apply(vec![
+        alive("server"),
+        Entry::new(
+            NodeInfo::new("client", "c", "127.0.0.1:0").unwrap(),
+            Stamp::new(NOW, 1),
+            NodeState::Alive,
+        ),
+    ])
+    .unwrap();
+    let mut l = Liveness::new(node("me"), LivenessConfig::default());
+    let mut rng = Rng::new(4);
+    for round in 0..50u64 {
+        l.tick(&t, NOW + round * 300);
+        for id in l.probes(&t, NOW + round * 300, &mut rng) {
+            assert_eq!(id.as_str(), "server");
+        }
+        assert!(
+            !l.gossip_targets(&mut rng)
+                .iter()
+                .any(|i| i.as_str() == "client")
+        );
+        assert!(l.helpers(&node("server"), &mut rng).is_empty());
+    }
+    assert_eq!(t.state_of("client"), Some(NodeState::Alive));
+}

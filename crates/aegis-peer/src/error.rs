@@ -18,6 +18,14 @@ pub enum PeerError {
     /// A call for an ID that is not a peer.
     #[error("peer {0} is not known")]
     NotFound(String),
+    /// A peer ID that is not a valid node ID.
+    #[error("invalid peer ID {id:?}: {reason}")]
+    InvalidPeerId {
+        /// The ID as given.
+        id: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// An address that is not `host:port`.
     #[error("invalid address {address:?}: {reason}")]
     InvalidAddress {

@@ -38,14 +38,14 @@ impl PeerInfo {
     /// A generic peer.
     ///
     /// # Errors
-    /// [`PeerError::InvalidAddress`] if `id` is not a node ID or `address`
-    /// is not `host:port`.
+    /// [`PeerError::InvalidPeerId`] if `id` is not a node ID,
+    /// [`PeerError::InvalidAddress`] if `address` is not `host:port`.
     pub fn new(id: impl AsRef<str>, address: impl Into<String>) -> Result<Self, PeerError> {
         let address = address.into();
         check_address(&address)?;
-        let id = NodeId::new(id.as_ref()).map_err(|e| PeerError::InvalidAddress {
-            address: address.clone(),
-            reason: format!("peer ID: {e}"),
+        let id = NodeId::new(id.as_ref()).map_err(|e| PeerError::InvalidPeerId {
+            id: id.as_ref().to_owned(),
+            reason: e.to_string(),
         })?;
         Ok(Self {
             id,

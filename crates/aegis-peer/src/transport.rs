@@ -48,6 +48,11 @@ pub fn check_address(address: &str) -> Result<(), PeerError> {
         address: address.to_owned(),
         reason: reason.to_owned(),
     };
+    if let Some((scheme, rest)) = address.split_once("://") {
+        return Err(invalid(&format!(
+            "give host:port without a scheme ({rest:?}, not {scheme}://...)"
+        )));
+    }
     let (host, port) = address
         .rsplit_once(':')
         .ok_or_else(|| invalid("expected host:port"))?;

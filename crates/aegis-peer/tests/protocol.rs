@@ -99,9 +99,10 @@ async fn peer_manager_bookkeeping() {
         PeerInfo::new("p", "no-port"),
         Err(PeerError::InvalidAddress { .. })
     ));
+    // A bad ID is a bad ID, not a bad address.
     assert!(matches!(
         PeerInfo::new("bad id", "h:1"),
-        Err(PeerError::InvalidAddress { .. })
+        Err(PeerError::InvalidPeerId { .. })
     ));
 }
 

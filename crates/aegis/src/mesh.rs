@@ -391,7 +391,8 @@ pub(crate) fn learn_peers(peers: &PeerManager, topology: &Topology, local: &Node
             continue;
         }
         let existing = peers.get_peer(id.as_str());
-        if entry.state == NodeState::Left {
+        // A client-only node (no server: port 0) is nobody's peer.
+        if entry.state == NodeState::Left || entry.info.address.ends_with(":0") {
             if existing.is_some() {
                 let _ = peers.remove_peer(id.as_str());
             }

@@ -30,6 +30,7 @@ pub struct NodeBuilder {
     name: Option<String>,
     node_type: NodeType,
     address: Option<String>,
+    advertise: Option<String>,
     services: Vec<ServiceInfo>,
     registrars: Vec<Registrar>,
     grpc_services: Vec<&'static str>,
@@ -66,6 +67,7 @@ impl NodeBuilder {
             name: None,
             node_type: NodeType::GENERIC,
             address: None,
+            advertise: None,
             services: Vec::new(),
             registrars: Vec::new(),
             grpc_services: Vec::new(),
@@ -100,6 +102,15 @@ impl NodeBuilder {
     /// Where the node listens, `host:port` (required; port 0 picks one).
     pub fn with_address(mut self, address: impl Into<String>) -> Self {
         self.address = Some(address.into());
+        self
+    }
+
+    /// The address other nodes dial (`host:port`), when it is not the one
+    /// the node binds: behind NAT or port mapping, or when binding
+    /// `0.0.0.0` (which nobody can dial). Port 0 takes the bound port.
+    /// Default: the bind address.
+    pub fn with_advertise_address(mut self, address: impl Into<String>) -> Self {
+        self.advertise = Some(address.into());
         self
     }
 
@@ -230,11 +241,38 @@ impl NodeBuilder {
                 reason: "it is empty".into(),
             });
         }
-        let address = self.address.ok_or(Error::MissingField("address"))?;
-        aegis_peer::transport::check_address(&address).map_err(|e| Error::InvalidField {
+        let bind = self.address.ok_or(Error::MissingField("address"))?;
+        aegis_peer::transport::check_address(&bind).map_err(|e| Error::InvalidField {
             field: "address",
             reason: e.to_string(),
         })?;
+        let address = match &self.advertise {
+            Some(a) => {
+                aegis_peer::transport::check_address(a).map_err(|e| Error::InvalidField {
+                    field: "advertise address",
+                    reason: e.to_string(),
+                })?;
+                if unspecified_host(a) {
+                    return Err(Error::InvalidField {
+                        field: "advertise address",
+                        reason: format!("{a} is not an address other nodes can dial"),
+                    });
+                }
+                a.clone()
+            }
+            None if unspecified_host(&bind) => {
+                let port = bind.rsplit_once(':').map_or("PORT", |(_, p)| p);
+                return Err(Error::InvalidField {
+                    field: "address",
+                    reason: format!(
+                        "{bind} listens on every interface, which no other node can dial: \
+                         also give with_advertise_address(\"HOST:{port}\") with an address \
+                         the other nodes reach"
+                    ),
+                });
+            }
+            None => bind.clone(),
+        };
         for seed in &self.seeds {
             aegis_peer::transport::check_address(seed).map_err(|e| Error::InvalidField {
                 field: "seed",
@@ -298,6 +336,7 @@ impl NodeBuilder {
                 pool: OnceLock::new(),
                 membership,
                 registrars: self.registrars,
+                bind,
                 grpc_services: self.grpc_services,
                 seeds: self.seeds,
                 mesh: self.mesh,
@@ -343,6 +382,8 @@ pub(crate) struct NodeInner {
     pool: OnceLock<ServiceClientPool>,
     membership: Arc<Hub>,
     registrars: Vec<Registrar>,
+    /// The address the server binds (the advertised one is in the entry).
+    bind: String,
     grpc_services: Vec<&'static str>,
     seeds: Vec<String>,
     mesh: MeshConfig,
@@ -456,7 +497,7 @@ impl Node {
         if running.is_some() {
             return Err(Error::AlreadyStarted(self.inner.id.to_string()));
         }
-        let configured = self.address();
+        let configured = self.inner.bind.clone();
         let mut server = MeshServer::new(
             self.inner.tls.clone(),
             self.inner.topology.clone(),
@@ -469,7 +510,8 @@ impl Node {
         }
         let handle = server.serve(&configured).await?;
         let bound = handle.local_addr();
-        if let Some((host, "0")) = configured.rsplit_once(':') {
+        // Port 0 (bound or advertised) becomes the port the server got.
+        if let Some((host, "0")) = self.address().rsplit_once(':') {
             let advertised = format!("{host}:{}", bound.port());
             self.inner.update_own(|info| info.address = advertised)?;
         }
@@ -860,4 +902,12 @@ async fn join_seed(
         }
         wait = (wait * 2).min(Duration::from_secs(5));
     }
+}
+
+/// Whether `address` (`host:port`) names no host: every interface.
+fn unspecified_host(address: &str) -> bool {
+    let host = address.rsplit_once(':').map_or(address, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_unspecified())
 }

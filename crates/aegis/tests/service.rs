@@ -221,3 +221,55 @@ async fn a_balanced_channel_fails_over_only_with_retries() {
     }
     live.shutdown().await.unwrap();
 }
+
+/// Binding every interface needs an address others can dial; given one,
+/// the node advertises it (with the bound port for port 0) and is reached
+/// there.
+#[tokio::test]
+async fn a_node_bound_to_every_interface_advertises_what_others_can_dial() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = builder(dir.path(), "w1")
+        .with_address("0.0.0.0:7000")
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("with_advertise_address"), "{err}");
+    assert!(err.contains("HOST:7000"), "{err}");
+    let err = builder(dir.path(), "w1")
+        .with_advertise_address("[::]:7000")
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("advertise address"), "{err}");
+
+    let wide = builder(dir.path(), "w1")
+        .with_address("0.0.0.0:0")
+        .with_advertise_address("127.0.0.1:0")
+        .build()
+        .unwrap();
+    let bound = wide.start_server().await.unwrap();
+    assert_eq!(wide.address(), format!("127.0.0.1:{}", bound.port()));
+    let other = builder(dir.path(), "w2").build().unwrap();
+    other.start_server().await.unwrap();
+    assert_eq!(other.join(&wide.address()).await.unwrap().as_str(), "w1");
+    assert_eq!(
+        other.topology().get_node("w1").unwrap().address,
+        wide.address()
+    );
+    other.shutdown().await.unwrap();
+    wide.shutdown().await.unwrap();
+}
+
+/// Errors say what was wrong with what the user typed.
+#[test]
+fn mistyped_peers_and_addresses_are_named_plainly() {
+    let err = aegis::PeerInfo::new("Bad Id!", "127.0.0.1:1")
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("invalid peer ID \"Bad Id!\""), "{err}");
+    let err = aegis::PeerInfo::new("node-1", "http://127.0.0.1:7101")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("without a scheme"), "{err}");
+    assert!(!err.contains("IPv6"), "{err}");
+}
