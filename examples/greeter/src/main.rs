@@ -169,7 +169,7 @@ async fn demo(args: &[String]) -> Result<(), BoxError> {
     let channel = consumer
         .client_pool()
         .balanced("greeter", "v1")
-        .with_retries(2);
+        .with_retries(retries);
     let mut client = GreeterClient::new(channel);
     let mut answered_by: BTreeMap<String, usize> = BTreeMap::new();
     let mut failed = 0;
