@@ -186,7 +186,11 @@ impl NodeBuilder {
     }
 
     /// The certificate directory (default `./certs`); certificates are
-    /// generated there if missing.
+    /// generated there if missing: the mesh CA (valid 365 days,
+    /// [`aegis_tls::CA_VALIDITY`]) once, and this node's certificate (valid
+    /// 90 days, [`aegis_tls::NODE_VALIDITY`]), named after its ID. Nodes of
+    /// one mesh must share the CA: point them at the same directory, or copy
+    /// `ca-cert.pem` and `ca-key.pem`.
     pub fn with_cert_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.cert_dir = dir.into();
         self
