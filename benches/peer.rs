@@ -113,7 +113,87 @@ fn plain_channel(addr: std::net::SocketAddr) -> Channel {
     }))
 }
 
+/// A recorder that can be switched off: off, every metric is a no-op (as
+/// with no recorder at all); on, it records into Prometheus. Lets one run
+/// time pings with metrics on and off.
+struct Switch {
+    on: std::sync::atomic::AtomicBool,
+    inner: metrics_exporter_prometheus::PrometheusRecorder,
+}
+
+static SWITCH: std::sync::OnceLock<&'static Switch> = std::sync::OnceLock::new();
+
+impl Switch {
+    fn on(&self) -> bool {
+        self.on.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl metrics::Recorder for &'static Switch {
+    fn describe_counter(
+        &self,
+        k: metrics::KeyName,
+        u: Option<metrics::Unit>,
+        d: metrics::SharedString,
+    ) {
+        self.inner.describe_counter(k, u, d);
+    }
+    fn describe_gauge(
+        &self,
+        k: metrics::KeyName,
+        u: Option<metrics::Unit>,
+        d: metrics::SharedString,
+    ) {
+        self.inner.describe_gauge(k, u, d);
+    }
+    fn describe_histogram(
+        &self,
+        k: metrics::KeyName,
+        u: Option<metrics::Unit>,
+        d: metrics::SharedString,
+    ) {
+        self.inner.describe_histogram(k, u, d);
+    }
+    fn register_counter(&self, k: &metrics::Key, m: &metrics::Metadata<'_>) -> metrics::Counter {
+        if self.on() {
+            self.inner.register_counter(k, m)
+        } else {
+            metrics::Counter::noop()
+        }
+    }
+    fn register_gauge(&self, k: &metrics::Key, m: &metrics::Metadata<'_>) -> metrics::Gauge {
+        if self.on() {
+            self.inner.register_gauge(k, m)
+        } else {
+            metrics::Gauge::noop()
+        }
+    }
+    fn register_histogram(
+        &self,
+        k: &metrics::Key,
+        m: &metrics::Metadata<'_>,
+    ) -> metrics::Histogram {
+        if self.on() {
+            self.inner.register_histogram(k, m)
+        } else {
+            metrics::Histogram::noop()
+        }
+    }
+}
+
+fn switch() -> &'static Switch {
+    SWITCH.get_or_init(|| {
+        let s: &'static Switch = Box::leak(Box::new(Switch {
+            on: std::sync::atomic::AtomicBool::new(false),
+            inner: metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder(),
+        }));
+        expect(metrics::set_global_recorder(s).map_err(|e| e.to_string()));
+        s
+    })
+}
+
 fn ping(c: &mut Criterion) {
+    let metrics_switch = switch();
     let fx = NetFixture::new("bench-server", "bench-client");
     let (rt, server_tls, client_tls) = (&fx.rt, fx.server_tls.clone(), fx.client_tls.clone());
     let server_id = expect(NodeId::new("bench-server"));
@@ -226,6 +306,32 @@ fn ping(c: &mut Criterion) {
             })))
         });
     });
+    g.finish();
+
+    // The same pings through the peer manager and the mesh server, with the
+    // metrics they record (client and server side) off, then on.
+    let mut g = c.benchmark_group("ping_metrics");
+    g.measurement_time(Duration::from_secs(5));
+    for (name, on) in [("off", false), ("on_prometheus", true)] {
+        g.bench_function(name, |b| {
+            metrics_switch
+                .on
+                .store(on, std::sync::atomic::Ordering::Relaxed);
+            b.iter_custom(|n| {
+                let peers = std::sync::Arc::clone(&peers);
+                expect(rt.block_on(rt.spawn(async move {
+                    let start = Instant::now();
+                    for _ in 0..n {
+                        expect(peers.ping_peer("bench-server").await);
+                    }
+                    start.elapsed()
+                })))
+            });
+        });
+    }
+    metrics_switch
+        .on
+        .store(false, std::sync::atomic::Ordering::Relaxed);
     g.finish();
 
     let mut g = c.benchmark_group("fresh_connection_first_call");

@@ -22,7 +22,8 @@ use aegis::{Node, PeerInfo, ServiceInfo};
 /// The usage message.
 const USAGE: &str = "\
 usage: node --id ID --name NAME --address HOST:PORT [--cert-dir DIR] [--type TYPE]
-            [--service NAME/VERSION]... [--peer ID@HOST:PORT]... [--print-states]";
+            [--service NAME/VERSION]... [--peer ID@HOST:PORT]... [--print-states]
+            [--admin-address IP:PORT]";
 
 #[derive(Debug, Default)]
 struct Args {
@@ -34,6 +35,7 @@ struct Args {
     services: Vec<ServiceInfo>,
     peers: Vec<(String, String)>,
     print_states: bool,
+    admin: Option<String>,
 }
 
 fn parse(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
@@ -64,6 +66,7 @@ fn parse(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
                 out.peers.push((id.to_owned(), addr.to_owned()));
             }
             "--print-states" => out.print_states = true,
+            "--admin-address" => out.admin = Some(value()?),
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -116,6 +119,9 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(t) = &args.node_type {
         builder = builder.with_type(t.as_str());
     }
+    if let Some(a) = &args.admin {
+        builder = builder.with_admin_address(a);
+    }
     if args.services.iter().any(|s| s.name == "identity") {
         let identity = ToyIdentity::new(args.id.clone().unwrap_or_default());
         builder = builder.with_service_registration(move |routes| {
@@ -128,6 +134,9 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     let addr = node.start_server().await?;
     println!("listening on {addr}");
+    if let Some(admin) = node.admin_address().await {
+        println!("admin on http://{admin}/");
+    }
     for (id, address) in &args.peers {
         node.add_peer(PeerInfo::new(id, address.clone())?)?;
     }

@@ -235,6 +235,7 @@ pub struct Liveness {
     notes: Vec<Queued<Suspicion>>,
     health: u32,
     last_tick_ms: Option<u64>,
+    refutations: u64,
 }
 
 /// Changes (and suspicions) waiting to be piggybacked, at most; the ones
@@ -299,6 +300,7 @@ impl Liveness {
             notes: Vec::new(),
             health: 0,
             last_tick_ms: None,
+            refutations: 0,
         }
     }
 
@@ -327,7 +329,13 @@ impl Liveness {
     /// This node had to refute a suspicion or death about itself: a sign
     /// that it is slow or badly connected, so it becomes more patient.
     pub fn on_refuted(&mut self) {
+        self.refutations += 1;
         self.raise_health(1);
+    }
+
+    /// How many claims about this node it has refuted.
+    pub fn refutations(&self) -> u64 {
+        self.refutations
     }
 
     /// Members that are neither dead nor gone, this node included (as of

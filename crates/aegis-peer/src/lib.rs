@@ -36,6 +36,7 @@ mod caller;
 mod convert;
 mod error;
 mod health;
+pub mod metrics;
 mod peer;
 pub mod proto;
 mod server;

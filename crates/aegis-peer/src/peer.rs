@@ -397,6 +397,7 @@ impl PeerManager {
         F: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let after = self.config.rpc_timeout;
+        let started = Instant::now();
         let result = match tokio::time::timeout(after, fut).await {
             Ok(Ok(resp)) => Ok(resp.into_inner()),
             Ok(Err(status)) => Err(PeerError::Rpc {
@@ -410,6 +411,12 @@ impl PeerManager {
                 after,
             }),
         };
+        let code = match &result {
+            Ok(_) => "OK",
+            Err(PeerError::Rpc { status, .. }) => crate::metrics::code_label(status.code()),
+            Err(_) => "DEADLINE_EXCEEDED",
+        };
+        crate::metrics::client_call(rpc, peer.id().as_str(), code, started);
         let ok = result.is_ok();
         if peer.inner.connected.swap(ok, Ordering::Relaxed) != ok {
             tracing::info!(peer = %peer.id(), connected = ok, "peer connectivity changed");

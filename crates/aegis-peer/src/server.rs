@@ -193,6 +193,7 @@ pub async fn serve_routes(
         tonic::transport::Server::builder()
             .max_concurrent_streams(config.max_concurrent_streams)
             .http2_keepalive_interval(config.keep_alive_interval)
+            .layer(crate::metrics::RpcMetricsLayer)
             .add_routes(routes)
             .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), async move {
                 let _ = signal.wait_for(|stop| *stop).await;
@@ -265,6 +266,7 @@ async fn accept_loop(
             }
         };
         let Ok(permit) = Arc::clone(&pending).try_acquire_owned() else {
+            crate::metrics::handshake("dropped_overload");
             tracing::warn!(remote = %remote, "too many pending handshakes; connection dropped");
             continue;
         };
@@ -277,12 +279,19 @@ async fn accept_loop(
             let _permit = permit;
             match tokio::time::timeout(config.handshake_timeout, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => {
+                    crate::metrics::handshake("accepted");
                     let stream = MeshStream::new(tls, Some(remote), &connections);
                     tracing::debug!(remote = %remote, caller = ?stream.caller_id(), "accepted");
                     let _ = conns.send(Ok(stream)).await;
                 }
-                Ok(Err(e)) => tracing::info!(remote = %remote, error = %e, "TLS handshake refused"),
-                Err(_) => tracing::info!(remote = %remote, "TLS handshake timed out"),
+                Ok(Err(e)) => {
+                    crate::metrics::handshake("refused");
+                    tracing::info!(remote = %remote, error = %e, "TLS handshake refused");
+                }
+                Err(_) => {
+                    crate::metrics::handshake("timed_out");
+                    tracing::info!(remote = %remote, "TLS handshake timed out");
+                }
             }
         });
     }

@@ -138,6 +138,12 @@ impl BalancedChannel {
             match self.send(&provider, rebuild(&parts, body.clone())).await {
                 Ok(response) => return Ok(response),
                 Err((error, true)) if tried.len() < self.retries => {
+                    metrics::counter!(
+                        "aegis_pool_retries_total",
+                        "service" => self.name.to_string(),
+                        "version" => self.version.to_string()
+                    )
+                    .increment(1);
                     tracing::debug!(
                         service = %self.name,
                         version = %self.version,

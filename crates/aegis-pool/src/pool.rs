@@ -86,6 +86,17 @@ struct Route {
 
 type Routes = FastMap<String, FastMap<String, Route>>;
 
+/// `aegis_pool_picks_total`: a provider chosen for a call.
+fn picked(name: &str, version: &str, p: &Provider) {
+    metrics::counter!(
+        "aegis_pool_picks_total",
+        "service" => name.to_owned(),
+        "version" => version.to_owned(),
+        "provider" => p.id.to_string()
+    )
+    .increment(1);
+}
+
 fn no_providers(name: &str, version: &str) -> PoolError {
     PoolError::NoProviders {
         name: name.to_owned(),
@@ -261,11 +272,13 @@ impl ServiceClientPool {
             }
             let until = p.outlier.until_ms.load(Ordering::Relaxed);
             if until == 0 || until <= *now.get_or_insert_with(|| self.now_ms()) {
+                picked(name, version, p);
                 return Ok(Arc::clone(p));
             }
             fallback.get_or_insert(p);
         }
         fallback
+            .inspect(|p| picked(name, version, p))
             .map(Arc::clone)
             .ok_or_else(|| no_providers(name, version))
     }
@@ -343,12 +356,18 @@ impl ServiceClientPool {
         let (epoch, config, id) = (self.inner.epoch, self.inner.config, id.clone());
         Arc::new(move |event| match event {
             ConnectEvent::Connected => {
+                metrics::counter!("aegis_pool_connects_total", "provider" => id.to_string(), "result" => "ok")
+                    .increment(1);
                 if outlier.failures.swap(0, Ordering::Relaxed) > 0 {
                     tracing::info!(node_id = %id, "provider reachable again");
                 }
                 outlier.until_ms.store(0, Ordering::Relaxed);
             }
             ConnectEvent::Failed(error) => {
+                metrics::counter!("aegis_pool_connects_total", "provider" => id.to_string(), "result" => "failed")
+                    .increment(1);
+                metrics::counter!("aegis_pool_set_aside_total", "provider" => id.to_string())
+                    .increment(1);
                 let failures = outlier.failures.fetch_add(1, Ordering::Relaxed) + 1;
                 let factor = 1u32 << (failures - 1).min(16);
                 let period = config

@@ -127,6 +127,8 @@ mod logging;
 #[cfg(feature = "logging")]
 pub use logging::{DEFAULT_FILTER, init_logging};
 
+#[cfg(feature = "admin")]
+mod admin;
 #[cfg(feature = "node")]
 mod error;
 #[cfg(feature = "node")]

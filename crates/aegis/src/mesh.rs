@@ -231,8 +231,15 @@ pub(crate) async fn run(driver: Driver, mut stop: watch::Receiver<bool>, seed: u
 }
 
 fn log_transition(local: &NodeId, t: Transition) {
+    let state = match &t {
+        Transition::Suspect { .. } => "suspect",
+        Transition::Dead { .. } => "dead",
+        Transition::Answering { .. } => "answering",
+    };
+    metrics::counter!("aegis_member_transitions_total", "to" => state).increment(1);
     match t {
         Transition::Suspect { id, missed } => {
+            metrics::counter!("aegis_suspicions_raised_total").increment(1);
             tracing::info!(node_id = %local, peer = %id, missed, "peer suspect");
         }
         Transition::Dead {
@@ -299,6 +306,14 @@ async fn round(driver: &Driver, peers: &PeerManager, rng: &mut Rng) -> Vec<NodeI
                 .map(|h| peers.indirect_ping(h.as_str(), target, timeout));
             let (again, answers) = tokio::join!(ping(target), join_all(asked));
             let replied = answers.iter().filter(|a| a.is_ok()).count();
+            for a in &answers {
+                let result = match a {
+                    Ok(true) => "ack",
+                    Ok(false) => "no_ack",
+                    Err(_) => "no_reply",
+                };
+                metrics::counter!("aegis_indirect_probes_total", "result" => result).increment(1);
+            }
             let acked = again || answers.iter().any(|a| matches!(a, Ok(true)));
             (
                 target.clone(),
@@ -331,10 +346,19 @@ async fn round(driver: &Driver, peers: &PeerManager, rng: &mut Rng) -> Vec<NodeI
                 |(_, p)| *p,
             )
         };
+        let result = match (ok, probe) {
+            (true, _) => "ack",
+            (false, Probe::Answered) => "indirect_ack",
+            (false, Probe::Missed { .. }) => "missed",
+        };
+        metrics::counter!("aegis_probes_total", "result" => result).increment(1);
         if let Some(t) = l.on_probe(topology, id, probe, now) {
             log_transition(&driver.local, t);
         }
     }
+    metrics::gauge!("aegis_local_health").set(f64::from(l.health()));
+    metrics::counter!("aegis_refutations_total").absolute(l.refutations());
+    record_members(topology);
     let seeds: Vec<NodeId> = peers
         .get_all_peers()
         .iter()
@@ -362,18 +386,48 @@ async fn sync_with(
         async move {
             match tokio::time::timeout(timeout, peers.sync_topology(id.as_str())).await {
                 Ok(Ok(report)) => {
+                    metrics::counter!("aegis_syncs_total", "result" => "ok").increment(1);
+                    for (direction, bytes, entries) in [
+                        ("sent", report.bytes_sent, report.sent),
+                        ("received", report.bytes_received, report.received),
+                    ] {
+                        metrics::counter!("aegis_sync_bytes_total", "direction" => direction)
+                            .increment(bytes as u64);
+                        metrics::counter!("aegis_sync_entries_total", "direction" => direction)
+                            .increment(entries as u64);
+                    }
                     if report.applied.refuted {
                         lock_liveness(liveness).on_refuted();
                     }
                 }
                 Ok(Err(e)) => {
+                    metrics::counter!("aegis_syncs_total", "result" => "failed").increment(1);
                     tracing::debug!(node_id = %local, peer = %id, error = %e, "sync failed")
                 }
-                Err(_) => tracing::debug!(node_id = %local, peer = %id, "sync timed out"),
+                Err(_) => {
+                    metrics::counter!("aegis_syncs_total", "result" => "timed_out").increment(1);
+                    tracing::debug!(node_id = %local, peer = %id, "sync timed out")
+                }
             }
         }
     });
     join_all(syncs).await;
+}
+
+/// `aegis_members{state}`: the members this node holds, by state.
+fn record_members(topology: &Topology) {
+    let mut counts = [0usize; 4];
+    for e in topology.entries() {
+        counts[match e.state {
+            NodeState::Alive => 0,
+            NodeState::Suspect => 1,
+            NodeState::Dead => 2,
+            NodeState::Left => 3,
+        }] += 1;
+    }
+    for (state, n) in ["alive", "suspect", "dead", "left"].into_iter().zip(counts) {
+        metrics::gauge!("aegis_members", "state" => state).set(n as f64);
+    }
 }
 
 /// Makes a peer of every node the topology knows (and drops peers that

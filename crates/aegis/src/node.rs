@@ -35,6 +35,8 @@ pub struct NodeBuilder {
     registrars: Vec<Registrar>,
     grpc_services: Vec<&'static str>,
     seeds: Vec<String>,
+    admin: Option<String>,
+    allow_remote_admin: bool,
     cert_dir: PathBuf,
     tls_options: Option<TlsOptions>,
     mesh: MeshConfig,
@@ -72,6 +74,8 @@ impl NodeBuilder {
             registrars: Vec::new(),
             grpc_services: Vec::new(),
             seeds: Vec::new(),
+            admin: None,
+            allow_remote_admin: false,
             cert_dir: PathBuf::from("./certs"),
             tls_options: None,
             mesh: MeshConfig::default(),
@@ -176,6 +180,25 @@ impl NodeBuilder {
         self
     }
 
+    /// Serves the admin HTTP endpoint on `address` (`ip:port`) once the
+    /// server starts: `/metrics`, `/healthz`, `/readyz`, `/members` and a
+    /// live page at `/` (feature `admin`). Plain HTTP with no
+    /// authentication: a loopback address unless
+    /// [`NodeBuilder::allow_remote_admin`] says otherwise.
+    #[cfg(feature = "admin")]
+    pub fn with_admin_address(mut self, address: impl Into<String>) -> Self {
+        self.admin = Some(address.into());
+        self
+    }
+
+    /// Lets the admin endpoint listen on an address that is not loopback
+    /// (a cluster-internal network you trust). Default: refused.
+    #[cfg(feature = "admin")]
+    pub fn allow_remote_admin(mut self, allow: bool) -> Self {
+        self.allow_remote_admin = allow;
+        self
+    }
+
     /// Registers gRPC services on the server when it starts.
     pub fn with_service_registration(
         mut self,
@@ -277,6 +300,26 @@ impl NodeBuilder {
             }
             None => bind.clone(),
         };
+        let admin = match &self.admin {
+            None => None,
+            Some(a) => {
+                let addr: SocketAddr = a.parse().map_err(|_| Error::InvalidField {
+                    field: "admin address",
+                    reason: format!("{a:?} is not ip:port (for example 127.0.0.1:9100)"),
+                })?;
+                if !addr.ip().is_loopback() && !self.allow_remote_admin {
+                    return Err(Error::InvalidField {
+                        field: "admin address",
+                        reason: format!(
+                            "{addr} is not a loopback address, and the admin endpoint has no \
+                             authentication: use allow_remote_admin(true) to serve it on a \
+                             network you trust"
+                        ),
+                    });
+                }
+                Some(addr)
+            }
+        };
         for seed in &self.seeds {
             aegis_peer::transport::check_address(seed).map_err(|e| Error::InvalidField {
                 field: "seed",
@@ -341,6 +384,7 @@ impl NodeBuilder {
                 membership,
                 registrars: self.registrars,
                 bind,
+                admin,
                 grpc_services: self.grpc_services,
                 seeds: self.seeds,
                 mesh: self.mesh,
@@ -359,6 +403,7 @@ struct Running {
     stop: watch::Sender<bool>,
     mesh: Option<JoinHandle<()>>,
     seeds: Vec<JoinHandle<()>>,
+    admin: Option<(SocketAddr, JoinHandle<()>)>,
 }
 
 impl Drop for Running {
@@ -368,6 +413,9 @@ impl Drop for Running {
             task.abort();
         }
         for task in &self.seeds {
+            task.abort();
+        }
+        if let Some((_, task)) = &self.admin {
             task.abort();
         }
     }
@@ -388,6 +436,9 @@ pub(crate) struct NodeInner {
     registrars: Vec<Registrar>,
     /// The address the server binds (the advertised one is in the entry).
     bind: String,
+    /// Where the admin endpoint listens, if anywhere.
+    #[cfg_attr(not(feature = "admin"), allow(dead_code))]
+    admin: Option<SocketAddr>,
     grpc_services: Vec<&'static str>,
     seeds: Vec<String>,
     mesh: MeshConfig,
@@ -542,6 +593,42 @@ impl Node {
             };
             tokio::spawn(mesh::run(driver, stop_rx, self.seed()))
         });
+        #[cfg(feature = "admin")]
+        let admin = match self.inner.admin {
+            Some(addr) => {
+                crate::admin::install_recorder();
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| aegis_peer::PeerError::Bind {
+                        address: addr.to_string(),
+                        source,
+                    })?;
+                let bound =
+                    listener
+                        .local_addr()
+                        .map_err(|source| aegis_peer::PeerError::Bind {
+                            address: addr.to_string(),
+                            source,
+                        })?;
+                tracing::info!(node_id = %self.inner.id, address = %bound, "admin endpoint listening");
+                let task = tokio::spawn(crate::admin::serve(
+                    self.clone(),
+                    listener,
+                    stop.subscribe(),
+                ));
+                Some((bound, task))
+            }
+            None => None,
+        };
+        #[cfg(not(feature = "admin"))]
+        let admin = None;
+        let not_after = self
+            .inner
+            .tls
+            .not_after()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        metrics::gauge!("aegis_tls_cert_not_after_seconds").set(not_after);
         self.set_health(HealthStatus::Healthy, "serving", None);
         for name in &self.inner.grpc_services {
             if self.inner.health.service(name).is_none() {
@@ -554,6 +641,7 @@ impl Node {
             stop,
             mesh,
             seeds,
+            admin,
         });
         Ok(bound)
     }
@@ -634,6 +722,38 @@ impl Node {
     pub async fn join(&self, address: &str) -> Result<NodeId, Error> {
         self.check_open()?;
         self.inner.join(address).await
+    }
+
+    /// Where the admin endpoint listens (the bound port for port 0), once
+    /// the server runs.
+    pub async fn admin_address(&self) -> Option<SocketAddr> {
+        self.inner
+            .running
+            .lock()
+            .await
+            .as_ref()
+            .and_then(|r| r.admin.as_ref().map(|(a, _)| *a))
+    }
+
+    /// Whether the node is ready for traffic: its server runs, and it knows
+    /// at least one live member besides itself, or is alone by
+    /// configuration (no seed and no peer given). The error says why not.
+    pub async fn readiness(&self) -> Result<(), String> {
+        if self.inner.running.lock().await.is_none() {
+            return Err("the server is not running".into());
+        }
+        let others_alive = self
+            .inner
+            .topology
+            .entries()
+            .iter()
+            .filter(|e| *e.id() != self.inner.id && e.state == aegis_topology::NodeState::Alive)
+            .count();
+        let alone = self.inner.seeds.is_empty() && self.inner.peers.get_all_peers().is_empty();
+        if others_alive == 0 && !alone {
+            return Err("no live member known yet".into());
+        }
+        Ok(())
     }
 
     /// Sets the health of one of this node's gRPC services, by its gRPC
