@@ -140,22 +140,12 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     for (id, address) in &args.peers {
         node.add_peer(PeerInfo::new(id, address.clone())?)?;
     }
-    wait_for_signal().await?;
+    aegis::shutdown_signal().await;
     println!("shutting down");
     node.shutdown().await?;
     Ok(())
 }
 
-async fn wait_for_signal() -> std::io::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    Ok(())
-}
 
 /// Prints `state ID STATE` on every change of a member's state, from the
 /// topology's change listener (so a death refuted a moment later is still
