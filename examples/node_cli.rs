@@ -146,7 +146,6 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-
 /// Prints `state ID STATE` on every change of a member's state, from the
 /// topology's change listener (so a death refuted a moment later is still
 /// printed).

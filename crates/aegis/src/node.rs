@@ -547,29 +547,56 @@ impl Node {
     /// [`Error::AlreadyStarted`], [`Error::ShutDown`], or the bind error
     /// naming the address.
     pub async fn start_server(&self) -> Result<SocketAddr, Error> {
+        let bound = self.start(true).await?;
+        bound.ok_or_else(|| Error::AlreadyStarted(self.inner.id.to_string()))
+    }
+
+    /// Starts the node as a **client only**: no server, but the mesh loop
+    /// runs (it probes, syncs and joins its seeds), so the node's view and
+    /// its pool stay current. Its entry advertises port 0, which marks it
+    /// as client-only: other nodes neither dial nor probe it.
+    ///
+    /// # Errors
+    /// [`Error::AlreadyStarted`], [`Error::ShutDown`].
+    pub async fn start_client(&self) -> Result<(), Error> {
+        self.start(false).await.map(|_| ())
+    }
+
+    async fn start(&self, serve: bool) -> Result<Option<SocketAddr>, Error> {
         self.check_open()?;
         let mut running = self.inner.running.lock().await;
         if running.is_some() {
             return Err(Error::AlreadyStarted(self.inner.id.to_string()));
         }
-        let configured = self.inner.bind.clone();
-        let mut server = MeshServer::new(
-            self.inner.tls.clone(),
-            self.inner.topology.clone(),
-            self.inner.health.clone(),
-        )
-        .with_config(self.inner.server_config)
-        .with_peers(Arc::clone(&self.inner.peers));
-        for r in &self.inner.registrars {
-            server = server.with_registrar(Arc::clone(r));
-        }
-        let handle = server.serve(&configured).await?;
-        let bound = handle.local_addr();
-        // Port 0 (bound or advertised) becomes the port the server got.
-        if let Some((host, "0")) = self.address().rsplit_once(':') {
-            let advertised = format!("{host}:{}", bound.port());
-            self.inner.update_own(|info| info.address = advertised)?;
-        }
+        let (handle, bound) = if serve {
+            let configured = self.inner.bind.clone();
+            let mut server = MeshServer::new(
+                self.inner.tls.clone(),
+                self.inner.topology.clone(),
+                self.inner.health.clone(),
+            )
+            .with_config(self.inner.server_config)
+            .with_peers(Arc::clone(&self.inner.peers));
+            for r in &self.inner.registrars {
+                server = server.with_registrar(Arc::clone(r));
+            }
+            let handle = server.serve(&configured).await?;
+            let bound = handle.local_addr();
+            // Port 0 (bound or advertised) becomes the port the server got.
+            if let Some((host, "0")) = self.address().rsplit_once(':') {
+                let advertised = format!("{host}:{}", bound.port());
+                self.inner.update_own(|info| info.address = advertised)?;
+            }
+            (Some(handle), Some(bound))
+        } else {
+            if let Some((host, port)) = self.address().rsplit_once(':')
+                && port != "0"
+            {
+                let client_only = format!("{host}:0");
+                self.inner.update_own(|info| info.address = client_only)?;
+            }
+            (None, None)
+        };
         let (stop, stop_rx) = watch::channel(false);
         let seeds = self
             .inner
@@ -635,9 +662,14 @@ impl Node {
                 self.inner.health.set_service(*name, HealthStatus::Healthy);
             }
         }
-        tracing::info!(node_id = %self.inner.id, address = %bound, "node started");
+        match bound {
+            Some(address) => {
+                tracing::info!(node_id = %self.inner.id, %address, "node started");
+            }
+            None => tracing::info!(node_id = %self.inner.id, "node started as a client only"),
+        }
         *running = Some(Running {
-            server: Some(handle),
+            server: handle,
             stop,
             mesh,
             seeds,

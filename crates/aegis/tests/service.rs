@@ -273,3 +273,67 @@ fn mistyped_peers_and_addresses_are_named_plainly() {
     assert!(err.contains("without a scheme"), "{err}");
     assert!(!err.contains("IPv6"), "{err}");
 }
+
+/// A client-only node runs the mesh loop without a server: it joins by
+/// address, its view stays current and its calls work, while the others
+/// neither dial nor probe it (its entry advertises port 0).
+#[tokio::test]
+async fn a_client_only_node_follows_the_mesh_and_is_never_dialled() {
+    let dir = tempfile::tempdir().unwrap();
+    let provider = builder(dir.path(), "p1")
+        .with_grpc_service(echo_v1(), EchoServer::new(Named("p1".into())))
+        .build()
+        .unwrap();
+    let address = provider.start_server().await.unwrap().to_string();
+    let client = builder(dir.path(), "client")
+        .with_address("127.0.0.1:7999")
+        .with_seed(&address)
+        .build()
+        .unwrap();
+    client.start_client().await.unwrap();
+    assert_eq!(client.address(), "127.0.0.1:0", "client-only: port 0");
+    client
+        .wait_for_providers("echo", "v1", 1, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let mut echo = EchoClient::new(client.client_pool().balanced("echo", "v1"));
+    assert_eq!(
+        echo.who_am_i(WhoAmIRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .caller_id,
+        "p1"
+    );
+    support::wait_until(
+        Duration::from_secs(10),
+        "the provider knows the client",
+        || provider.topology().get_node("client").is_some(),
+    )
+    .await;
+    // Over many of the provider's rounds it never makes a peer of it, and
+    // never finds it dead.
+    let watch = std::time::Instant::now();
+    while watch.elapsed() < Duration::from_millis(1500) {
+        assert!(provider.get_peer("client").is_none());
+        assert_eq!(
+            provider.topology().state_of("client"),
+            Some(NodeState::Alive)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A second provider appears: the client's view follows by itself.
+    let second = builder(dir.path(), "p2")
+        .with_grpc_service(echo_v1(), EchoServer::new(Named("p2".into())))
+        .with_seed(&address)
+        .build()
+        .unwrap();
+    second.start_server().await.unwrap();
+    client
+        .wait_for_providers("echo", "v1", 2, Duration::from_secs(10))
+        .await
+        .unwrap();
+    for n in [client, second, provider] {
+        n.shutdown().await.unwrap();
+    }
+}
