@@ -16,7 +16,7 @@ pub const DEFAULT_FILTER: &str =
 ///
 /// ```no_run
 /// aegis::init_logging()?;
-/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
 /// ```
 pub fn init_logging() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     use tracing_subscriber::EnvFilter;
