@@ -312,7 +312,11 @@ fn ping(c: &mut Criterion) {
     // metrics they record (client and server side) off, then on.
     let mut g = c.benchmark_group("ping_metrics");
     g.measurement_time(Duration::from_secs(5));
-    for (name, on) in [("off", false), ("on_prometheus", true), ("off_again", false)] {
+    for (name, on) in [
+        ("off", false),
+        ("on_prometheus", true),
+        ("off_again", false),
+    ] {
         g.bench_function(name, |b| {
             metrics_switch
                 .on

@@ -145,7 +145,12 @@ pub fn mtls_channel_observed(
             match &result {
                 Ok(_) => tracing::debug!(peer = %peer, address = %address, "connected"),
                 Err(e) => {
-                    tracing::warn!(peer = %peer, address = %address, error = %e, "connection failed");
+                    let text = e.to_string();
+                    if text.contains("UnknownIssuer") || text.contains("BadSignature") {
+                        tracing::warn!(peer = %peer, address = %address, error = %e, "connection failed: the peer presented a certificate from a different CA; do both nodes use the same certificate directory?");
+                    } else {
+                        tracing::warn!(peer = %peer, address = %address, error = %e, "connection failed");
+                    }
                 }
             }
             if let Some(observe) = &observer {

@@ -86,7 +86,15 @@ impl CertAuthority {
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::OrganizationName, "aegis");
-        dn.push(DnType::CommonName, "aegis mesh CA");
+        // A subject of its own (a random suffix), so that two meshes' CAs
+        // are told apart: a chain from the other one fails as an unknown
+        // issuer, not as a bad signature.
+        let mut tag = [0u8; 6];
+        ring::rand::SystemRandom::new()
+            .fill(&mut tag)
+            .map_err(|_| generate(rcgen::Error::RingUnspecified))?;
+        let tag: String = tag.iter().map(|b| format!("{b:02x}")).collect();
+        dn.push(DnType::CommonName, format!("aegis mesh CA {tag}"));
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![
@@ -181,11 +189,50 @@ impl CertAuthority {
     /// # Errors
     /// [`TlsError::Generate`] if key generation or signing fails.
     pub fn issue(&self, node_id: &NodeId, validity: Validity) -> Result<IssuedCert, TlsError> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|source| {
+            TlsError::Generate {
+                what: format!("a key for node {node_id}"),
+                source,
+            }
+        })?;
+        self.issue_with(node_id, &key, validity)
+    }
+
+    /// Issues a node certificate, as [`CertAuthority::issue`] does, for an
+    /// existing private key (PKCS#8, or PKCS#1 RSA); `origin` names the key
+    /// in errors. The key is not written anywhere: `key_pem` of the result
+    /// is the key as given back in PKCS#8.
+    ///
+    /// # Errors
+    /// [`TlsError::NotPem`] / [`TlsError::Invalid`] for an unreadable key,
+    /// [`TlsError::Generate`] if signing fails.
+    pub fn issue_for_key(
+        &self,
+        node_id: &NodeId,
+        key_pem: &str,
+        origin: &str,
+        validity: Validity,
+    ) -> Result<IssuedCert, TlsError> {
+        let key_der = pem::private_key(key_pem.as_bytes(), origin)?;
+        let pkcs8 = pem::to_pkcs8(&key_der, origin)?;
+        let key = KeyPair::try_from(&pkcs8).map_err(|e| TlsError::Invalid {
+            what: "node private key",
+            origin: origin.to_owned(),
+            reason: e.to_string(),
+        })?;
+        self.issue_with(node_id, &key, validity)
+    }
+
+    fn issue_with(
+        &self,
+        node_id: &NodeId,
+        key: &KeyPair,
+        validity: Validity,
+    ) -> Result<IssuedCert, TlsError> {
         let generate = |source| TlsError::Generate {
             what: format!("a certificate for node {node_id}"),
             source,
         };
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(generate)?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::OrganizationName, "aegis");
@@ -212,7 +259,7 @@ impl CertAuthority {
         params.use_authority_key_identifier_extension = true;
         params.serial_number = Some(random_serial()?);
         set_validity(&mut params, validity);
-        let cert = params.signed_by(&key, &self.issuer).map_err(generate)?;
+        let cert = params.signed_by(key, &self.issuer).map_err(generate)?;
         Ok(IssuedCert {
             cert_pem: cert.pem(),
             cert_der: cert.der().clone(),

@@ -29,6 +29,7 @@ const DIR_MODE: u32 = 0o700;
 #[derive(Debug, Clone)]
 pub struct CertDir {
     root: PathBuf,
+    require_ca: bool,
 }
 
 /// What [`CertDir::ensure_node`] had to create.
@@ -43,7 +44,47 @@ pub struct Created {
 impl CertDir {
     /// A directory at `root` (not touched until used).
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+        Self {
+            root: root.into(),
+            require_ca: false,
+        }
+    }
+
+    /// Refuses to create a CA: a directory without one is an error (a typo
+    /// in the path would otherwise start a mesh of its own). Default: a
+    /// missing CA is created, with a warning naming the directory.
+    pub fn require_existing_ca(mut self, require: bool) -> Self {
+        self.require_ca = require;
+        self
+    }
+
+    /// Keys or a directory that others may read or write, each named with
+    /// the fix (`chmod 600 …`, `chmod 700 …`). Files that do not exist are
+    /// not problems.
+    pub fn permission_problems(&self, id: &str) -> Vec<String> {
+        let mode = |p: &Path| fs::metadata(p).ok().map(|m| m.permissions().mode() & 0o777);
+        let mut problems = Vec::new();
+        if let Some(m) = mode(&self.root)
+            && m & 0o022 != 0
+        {
+            problems.push(format!(
+                "the certificate directory {} is writable by others (mode {m:04o}): chmod 700 {}",
+                self.root.display(),
+                self.root.display()
+            ));
+        }
+        for key in [self.ca_key_path(), self.node_key_path_unchecked(id)] {
+            if let Some(m) = mode(&key)
+                && m & 0o077 != 0
+            {
+                problems.push(format!(
+                    "the private key {} is readable by others (mode {m:04o}): chmod 600 {}",
+                    key.display(),
+                    key.display()
+                ));
+            }
+        }
+        problems
     }
 
     /// The directory.
@@ -87,9 +128,18 @@ impl CertDir {
     /// generation errors naming the path.
     pub fn ensure_node(&self, id: &str) -> Result<Created, TlsError> {
         let id = NodeId::new(id)?;
+        for problem in self.permission_problems(id.as_str()) {
+            tracing::warn!(node_id = %id, "{problem}");
+        }
         let cert_path = self.node_cert_path(&id);
         if self.ca_cert_path().exists() && cert_path.exists() && self.node_key_path(&id).exists() {
             return Ok(Created::default());
+        }
+        if self.require_ca && !self.ca_cert_path().exists() {
+            return Err(TlsError::Missing {
+                what: "mesh CA certificate (require_existing_ca is set, so none is created)",
+                path: self.ca_cert_path(),
+            });
         }
         self.create_dir()?;
         let _lock = self.lock()?;
@@ -97,26 +147,54 @@ impl CertDir {
         let mut created = Created::default();
         let ca = match self.load_ca()? {
             Some(ca) => ca,
+            None if self.require_ca => {
+                return Err(TlsError::Missing {
+                    what: "mesh CA certificate (require_existing_ca is set, so none is created)",
+                    path: self.ca_cert_path(),
+                });
+            }
             None => {
                 created.ca = true;
                 self.generate_ca()?
             }
         };
-        if !cert_path.exists() || !self.node_key_path(&id).exists() {
-            let ca = ca.ok_or_else(|| TlsError::Missing {
-                what: "CA private key (needed to issue a node certificate)",
-                path: self.ca_key_path(),
-            })?;
-            let issued = ca.issue(&id, Validity::from_now(NODE_VALIDITY))?;
-            // Key first: a certificate on disk always has its key beside it.
-            write_atomic(
-                &self.node_key_path(&id),
-                issued.key_pem.as_bytes(),
-                KEY_MODE,
-            )?;
-            write_atomic(&cert_path, issued.cert_pem.as_bytes(), CERT_MODE)?;
-            created.node = true;
-            tracing::info!(node_id = %id, dir = %self.root.display(), "issued node certificate");
+        let key_path = self.node_key_path(&id);
+        match (cert_path.exists(), key_path.exists()) {
+            (true, true) => {}
+            (true, false) => {
+                // Never replace a file: the certificate may be in use, or the
+                // key only misplaced.
+                return Err(TlsError::Inconsistent {
+                    path: self.root.clone(),
+                    reason: format!(
+                        "{} exists but its key {} does not; restore the key, or remove the certificate to have both issued anew",
+                        cert_path.display(),
+                        key_path.display()
+                    ),
+                });
+            }
+            (false, key_exists) => {
+                let ca = ca.ok_or_else(|| TlsError::Missing {
+                    what: "CA private key (needed to issue a node certificate)",
+                    path: self.ca_key_path(),
+                })?;
+                let validity = Validity::from_now(NODE_VALIDITY);
+                if key_exists {
+                    // The key stays as it is: the certificate is issued for it.
+                    let origin = key_path.display().to_string();
+                    let key_pem = read_text(&key_path, "node private key")?.unwrap_or_default();
+                    let issued = ca.issue_for_key(&id, &key_pem, &origin, validity)?;
+                    write_atomic(&cert_path, issued.cert_pem.as_bytes(), CERT_MODE)?;
+                    tracing::info!(node_id = %id, dir = %self.root.display(), "issued a node certificate for the existing key");
+                } else {
+                    let issued = ca.issue(&id, validity)?;
+                    // Key first: a certificate on disk always has its key beside it.
+                    write_atomic(&key_path, issued.key_pem.as_bytes(), KEY_MODE)?;
+                    write_atomic(&cert_path, issued.cert_pem.as_bytes(), CERT_MODE)?;
+                    tracing::info!(node_id = %id, dir = %self.root.display(), "issued node certificate");
+                }
+                created.node = true;
+            }
         }
         Ok(created)
     }
@@ -152,7 +230,10 @@ impl CertDir {
         let ca = CertAuthority::generate(Validity::from_now(CA_VALIDITY))?;
         write_atomic(&self.ca_key_path(), ca.key_pem().as_bytes(), KEY_MODE)?;
         write_atomic(&self.ca_cert_path(), ca.cert_pem().as_bytes(), CERT_MODE)?;
-        tracing::info!(dir = %self.root.display(), "generated mesh CA");
+        tracing::warn!(
+            dir = %self.root.display(),
+            "created a new mesh CA: every node of one mesh must use this CA (the same certificate directory, or a copy of ca-cert.pem and ca-key.pem); require_existing_ca refuses to create one"
+        );
         Ok(Some(ca))
     }
 

@@ -297,3 +297,94 @@ fn cert_dir_reports_what_it_created() {
     let again = dir.ensure_node("a").unwrap();
     assert!(!again.ca && !again.node);
 }
+
+/// v1 generated and wrote a new key when `n1-key.pem` was there but
+/// `n1-cert.pem` was not, although existing files are never to be replaced.
+/// Now the certificate is issued for the key that is there.
+#[test]
+fn an_existing_node_key_is_never_replaced() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = CertDir::new(tmp.path());
+    dir.ensure_node("n1").unwrap();
+    let id = aegis_tls::NodeId::new("n1").unwrap();
+    let key_before = std::fs::read(dir.node_key_path(&id)).unwrap();
+    std::fs::remove_file(dir.node_cert_path(&id)).unwrap();
+    let created = dir.ensure_node("n1").unwrap();
+    assert!(created.node);
+    assert_eq!(std::fs::read(dir.node_key_path(&id)).unwrap(), key_before);
+    // The new certificate belongs to that key (load checks the match).
+    aegis_tls::load_or_generate_tls("n1", tmp.path()).unwrap();
+
+    // A certificate without its key is not "fixed" by replacing it either.
+    std::fs::remove_file(dir.node_key_path(&id)).unwrap();
+    let cert_before = std::fs::read(dir.node_cert_path(&id)).unwrap();
+    let err = dir.ensure_node("n1").unwrap_err().to_string();
+    assert!(err.contains("n1-key.pem"), "{err}");
+    assert_eq!(std::fs::read(dir.node_cert_path(&id)).unwrap(), cert_before);
+}
+
+/// Every generated CA has a subject of its own, so that two meshes' CAs
+/// are told apart (and a foreign chain fails as an unknown issuer).
+#[test]
+fn every_generated_ca_has_its_own_subject() {
+    let subject = |ca: &aegis_tls::CertAuthority| {
+        aegis_tls::CertInfo::from_der(ca.cert_der())
+            .unwrap()
+            .common_name
+            .unwrap()
+    };
+    let v = aegis_tls::Validity::from_now(Duration::from_secs(3600));
+    let (a, b) = (
+        aegis_tls::CertAuthority::generate(v).unwrap(),
+        aegis_tls::CertAuthority::generate(v).unwrap(),
+    );
+    assert_ne!(subject(&a), subject(&b));
+    assert!(subject(&a).starts_with("aegis mesh CA "), "{}", subject(&a));
+}
+
+/// A fresh directory (a typo in the path, say) gets a new CA only when
+/// allowed; with `require_existing_ca` it is an error naming the file.
+#[test]
+fn a_missing_ca_can_be_required_to_exist() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = CertDir::new(tmp.path().join("typo")).require_existing_ca(true);
+    let err = dir.ensure_node("n1").unwrap_err().to_string();
+    assert!(err.contains("ca-cert.pem"), "{err}");
+    assert!(err.contains("require_existing_ca"), "{err}");
+    assert!(!tmp.path().join("typo").join("n1-key.pem").exists());
+}
+
+/// Loose modes are found and named with the fix.
+#[test]
+fn loose_modes_on_keys_and_the_directory_are_named() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = CertDir::new(tmp.path());
+    dir.ensure_node("n1").unwrap();
+    assert!(dir.permission_problems("n1").is_empty());
+    let id = aegis_tls::NodeId::new("n1").unwrap();
+    std::fs::set_permissions(
+        dir.node_key_path(&id),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    std::fs::set_permissions(dir.ca_key_path(), std::fs::Permissions::from_mode(0o666)).unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let problems = dir.permission_problems("n1");
+    assert_eq!(problems.len(), 3, "{problems:?}");
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("n1-key.pem") && p.contains("0644") && p.contains("chmod 600"))
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("ca-key.pem") && p.contains("0666"))
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("0777") && p.contains("chmod 700"))
+    );
+}

@@ -37,6 +37,7 @@ pub struct NodeBuilder {
     seeds: Vec<String>,
     admin: Option<String>,
     allow_remote_admin: bool,
+    require_ca: bool,
     cert_dir: PathBuf,
     tls_options: Option<TlsOptions>,
     mesh: MeshConfig,
@@ -76,6 +77,7 @@ impl NodeBuilder {
             seeds: Vec::new(),
             admin: None,
             allow_remote_admin: false,
+            require_ca: false,
             cert_dir: PathBuf::from("./certs"),
             tls_options: None,
             mesh: MeshConfig::default(),
@@ -219,6 +221,16 @@ impl NodeBuilder {
         self
     }
 
+    /// Refuses to create a mesh CA in the certificate directory: a
+    /// directory without one (a typo in its path, say) is an error naming
+    /// the missing file, instead of the start of a mesh of its own.
+    /// Default: a missing CA is created, with a warning naming the
+    /// directory.
+    pub fn require_existing_ca(mut self, require: bool) -> Self {
+        self.require_ca = require;
+        self
+    }
+
     /// Loads TLS from these options instead of the certificate directory.
     pub fn with_tls_options(mut self, options: TlsOptions) -> Self {
         self.tls_options = Some(options);
@@ -335,7 +347,12 @@ impl NodeBuilder {
         limits.check(&own)?;
         let tls = match &self.tls_options {
             Some(opts) => aegis_tls::load_tls_config(opts)?,
-            None => aegis_tls::load_or_generate_tls(id.as_str(), &self.cert_dir)?,
+            None => {
+                aegis_tls::CertDir::new(&self.cert_dir)
+                    .require_existing_ca(self.require_ca)
+                    .ensure_node(id.as_str())?;
+                aegis_tls::load_tls_config(&TlsOptions::from_cert_dir(&self.cert_dir, id.as_str()))?
+            }
         };
         if *tls.node_id() != id {
             return Err(Error::InvalidField {

@@ -337,3 +337,27 @@ async fn a_client_only_node_follows_the_mesh_and_is_never_dialled() {
         n.shutdown().await.unwrap();
     }
 }
+
+/// A certificate directory without a CA (a typo in its path) is refused
+/// when the node requires an existing CA, naming the missing file; nothing
+/// is written.
+#[test]
+fn a_node_can_refuse_to_start_a_mesh_of_its_own() {
+    let tmp = tempfile::tempdir().unwrap();
+    let typo = tmp.path().join("certz");
+    let err = builder(&typo, "n1")
+        .require_existing_ca(true)
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("ca-cert.pem"), "{err}");
+    assert!(err.contains("require_existing_ca"), "{err}");
+    assert!(!typo.join("n1-key.pem").exists());
+    // Without the option the CA is created (and announced in a warning).
+    builder(&typo, "n1").build().unwrap();
+    assert!(typo.join("ca-cert.pem").exists());
+    builder(&typo, "n2")
+        .require_existing_ca(true)
+        .build()
+        .unwrap();
+}
