@@ -92,6 +92,30 @@ impl CertDir {
         &self.root
     }
 
+    /// Whether the certificate at `path` is expired or past two thirds of
+    /// its life (an unreadable one is left to the load to report).
+    fn due_for_renewal(&self, path: &Path) -> bool {
+        let Ok(Some(pem)) = read_text(path, "node certificate") else {
+            return false;
+        };
+        let origin = path.display().to_string();
+        let Some(der) = crate::pem::certs(pem.as_bytes(), &origin)
+            .ok()
+            .and_then(|c| c.into_iter().next())
+        else {
+            return false;
+        };
+        let Ok(info) = crate::CertInfo::from_der(&der) else {
+            return false;
+        };
+        let life = info
+            .not_after
+            .duration_since(info.not_before)
+            .unwrap_or_default();
+        let renew_at = info.not_before + life * 2 / 3;
+        std::time::SystemTime::now() >= renew_at
+    }
+
     /// `ca-cert.pem`.
     pub fn ca_cert_path(&self) -> PathBuf {
         self.root.join(CA_CERT)
@@ -132,7 +156,11 @@ impl CertDir {
             tracing::warn!(node_id = %id, "{problem}");
         }
         let cert_path = self.node_cert_path(&id);
-        if self.ca_cert_path().exists() && cert_path.exists() && self.node_key_path(&id).exists() {
+        if self.ca_cert_path().exists()
+            && cert_path.exists()
+            && self.node_key_path(&id).exists()
+            && !self.due_for_renewal(&cert_path)
+        {
             return Ok(Created::default());
         }
         if self.require_ca && !self.ca_cert_path().exists() {
@@ -160,6 +188,26 @@ impl CertDir {
         };
         let key_path = self.node_key_path(&id);
         match (cert_path.exists(), key_path.exists()) {
+            (true, true) if self.due_for_renewal(&cert_path) => {
+                // Expired, or past two thirds of its life: renewed for the
+                // same key when this directory can issue; otherwise left
+                // for the load to report (expired) or to run out.
+                if let Some(ca) = &ca {
+                    let origin = key_path.display().to_string();
+                    let key_pem = read_text(&key_path, "node private key")?.unwrap_or_default();
+                    let issued = ca.issue_for_key(
+                        &id,
+                        &key_pem,
+                        &origin,
+                        Validity::from_now(NODE_VALIDITY),
+                    )?;
+                    write_atomic(&cert_path, issued.cert_pem.as_bytes(), CERT_MODE)?;
+                    created.node = true;
+                    tracing::info!(node_id = %id, dir = %self.root.display(), "renewed the node certificate (it was expired or past two thirds of its life)");
+                } else {
+                    tracing::warn!(node_id = %id, path = %cert_path.display(), "the node certificate is expired or past two thirds of its life, and this directory holds no CA key to renew it");
+                }
+            }
             (true, true) => {}
             (true, false) => {
                 // Never replace a file: the certificate may be in use, or the

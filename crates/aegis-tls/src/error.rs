@@ -87,7 +87,9 @@ pub enum TlsError {
         reason: String,
     },
     /// The certificate's validity period is over.
-    #[error("certificate {origin} expired on {not_after}")]
+    #[error(
+        "certificate {origin} expired on {not_after}; renew it (aegis renews it by itself at start when the CA key is in the certificate directory; otherwise issue a new one from the mesh CA and put it in place)"
+    )]
     Expired {
         /// Where the certificate came from.
         origin: String,

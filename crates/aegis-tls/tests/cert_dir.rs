@@ -388,3 +388,46 @@ fn loose_modes_on_keys_and_the_directory_are_named() {
             .any(|p| p.contains("0777") && p.contains("chmod 700"))
     );
 }
+
+/// A node started on an expired certificate is renewed at start when the
+/// directory holds the CA key (same key, new certificate); without the CA
+/// key the load fails saying how to renew.
+#[test]
+fn an_expired_certificate_is_renewed_at_start_when_the_ca_key_is_there() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = CertDir::new(tmp.path());
+    dir.ensure_node("n1").unwrap();
+    let id = NodeId::new("n1").unwrap();
+    let ca = CertAuthority::from_pem(
+        &std::fs::read_to_string(dir.ca_cert_path()).unwrap(),
+        &std::fs::read_to_string(dir.ca_key_path()).unwrap(),
+        "test",
+    )
+    .unwrap();
+    let key = std::fs::read_to_string(dir.node_key_path(&id)).unwrap();
+    let expired = Validity {
+        not_before: SystemTime::now() - Duration::from_secs(3600),
+        not_after: SystemTime::now() - Duration::from_secs(60),
+    };
+    let write_expired = || {
+        let cert = ca.issue_for_key(&id, &key, "test", expired).unwrap();
+        std::fs::write(dir.node_cert_path(&id), cert.cert_pem).unwrap();
+    };
+    write_expired();
+    assert!(dir.ensure_node("n1").unwrap().node, "renewed");
+    let tls = load_or_generate_tls("n1", tmp.path()).unwrap();
+    assert!(days(tls.not_after().duration_since(SystemTime::now()).unwrap()) >= 89);
+    assert_eq!(
+        std::fs::read_to_string(dir.node_key_path(&id)).unwrap(),
+        key
+    );
+
+    // Without the CA key: an error that says what happened and what to do.
+    write_expired();
+    std::fs::remove_file(dir.ca_key_path()).unwrap();
+    let err = load_or_generate_tls("n1", tmp.path())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("expired"), "{err}");
+    assert!(err.contains("renew"), "{err}");
+}
