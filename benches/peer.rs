@@ -89,6 +89,22 @@ fn timed_pings(
     })))
 }
 
+/// Runs `iters` sequential pings through a peer manager and times them.
+fn manager_pings(
+    rt: &tokio::runtime::Runtime,
+    peers: &std::sync::Arc<PeerManager>,
+    iters: u64,
+) -> Duration {
+    let peers = std::sync::Arc::clone(peers);
+    expect(rt.block_on(rt.spawn(async move {
+        let start = Instant::now();
+        for _ in 0..iters {
+            expect(peers.ping_peer("bench-server").await);
+        }
+        start.elapsed()
+    })))
+}
+
 /// Accepted plain-text sockets with Nagle off, like the mTLS server's
 /// (tonic ignores `tcp_nodelay` for `serve_with_incoming`).
 fn nodelay(
@@ -283,28 +299,10 @@ fn ping(c: &mut Criterion) {
         b.iter_custom(|n| timed_pings(rt, &tls_client, n))
     });
     g.bench_function("mtls_peer_manager", |b| {
-        b.iter_custom(|n| {
-            let peers = std::sync::Arc::clone(&peers);
-            expect(rt.block_on(rt.spawn(async move {
-                let start = Instant::now();
-                for _ in 0..n {
-                    expect(peers.ping_peer("bench-server").await);
-                }
-                start.elapsed()
-            })))
-        });
+        b.iter_custom(|n| manager_pings(rt, &peers, n));
     });
     g.bench_function("mtls_peer_manager_liveness", |b| {
-        b.iter_custom(|n| {
-            let peers = std::sync::Arc::clone(&live_peers);
-            expect(rt.block_on(rt.spawn(async move {
-                let start = Instant::now();
-                for _ in 0..n {
-                    expect(peers.ping_peer("bench-server").await);
-                }
-                start.elapsed()
-            })))
-        });
+        b.iter_custom(|n| manager_pings(rt, &live_peers, n));
     });
     g.finish();
 
@@ -321,16 +319,7 @@ fn ping(c: &mut Criterion) {
             metrics_switch
                 .on
                 .store(on, std::sync::atomic::Ordering::Relaxed);
-            b.iter_custom(|n| {
-                let peers = std::sync::Arc::clone(&peers);
-                expect(rt.block_on(rt.spawn(async move {
-                    let start = Instant::now();
-                    for _ in 0..n {
-                        expect(peers.ping_peer("bench-server").await);
-                    }
-                    start.elapsed()
-                })))
-            });
+            b.iter_custom(|n| manager_pings(rt, &peers, n));
         });
     }
     metrics_switch
