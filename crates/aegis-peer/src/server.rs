@@ -44,6 +44,14 @@ pub struct MeshServerConfig {
     pub handshake_timeout: Duration,
     /// Handshakes in progress at once; connections beyond are closed at once.
     pub max_pending_handshakes: usize,
+    /// Handshakes in progress at once from one source address; beyond it
+    /// that address's new connections are closed at once, so one host's
+    /// silent connections cannot lock out the others. Default: 16.
+    pub max_pending_handshakes_per_source: usize,
+    /// Time a new connection has to send its first byte (the start of its
+    /// TLS handshake); a connection that stays silent is closed then,
+    /// well before `handshake_timeout`. Default: 1 s.
+    pub first_byte_timeout: Duration,
     /// HTTP/2 keep-alive pings to clients, to drop dead connections.
     pub keep_alive_interval: Option<Duration>,
     /// Bounds of the sync exchange (answers are paged to fit them).
@@ -57,6 +65,8 @@ impl Default for MeshServerConfig {
             max_concurrent_streams: 256,
             handshake_timeout: Duration::from_secs(5),
             max_pending_handshakes: 256,
+            max_pending_handshakes_per_source: 16,
+            first_byte_timeout: Duration::from_secs(1),
             keep_alive_interval: Some(Duration::from_secs(30)),
             sync: SyncConfig::default(),
         }
@@ -238,6 +248,53 @@ async fn bind(address: &str) -> Result<TcpListener, PeerError> {
     socket.listen(1024).map_err(err)
 }
 
+/// Pending handshakes per source address.
+#[derive(Default)]
+struct PendingBySource(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
+
+/// One pending handshake of a source; leaving frees its place.
+struct SourceSlot {
+    ip: std::net::IpAddr,
+    table: Arc<PendingBySource>,
+}
+
+impl PendingBySource {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<std::net::IpAddr, usize>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A place for one more pending handshake from `ip`, if it has fewer
+    /// than `max`.
+    fn enter(self: &Arc<Self>, ip: std::net::IpAddr, max: usize) -> Option<SourceSlot> {
+        let mut table = self.lock();
+        let n = table.entry(ip).or_insert(0);
+        if *n >= max.max(1) {
+            return None;
+        }
+        *n += 1;
+        Some(SourceSlot {
+            ip,
+            table: Arc::clone(self),
+        })
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut table = self.table.lock();
+        if let Some(n) = table.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                table.remove(&self.ip);
+            }
+        }
+    }
+}
+
 /// Accepts TCP connections and runs each TLS handshake in its own task, with
 /// a timeout and a cap on how many run at once, so a slow or silent client
 /// never holds up the others.
@@ -250,6 +307,7 @@ async fn accept_loop(
     connections: Arc<Connections>,
 ) {
     let pending = Arc::new(Semaphore::new(config.max_pending_handshakes));
+    let per_source = Arc::new(PendingBySource::default());
     loop {
         let accepted = tokio::select! {
             _ = shutdown.wait_for(|stop| *stop) => break,
@@ -265,9 +323,20 @@ async fn accept_loop(
                 continue;
             }
         };
+        let Some(source_slot) =
+            per_source.enter(remote.ip(), config.max_pending_handshakes_per_source)
+        else {
+            crate::metrics::handshake("dropped_per_source");
+            tracing::debug!(
+                remote = %remote,
+                limit = config.max_pending_handshakes_per_source,
+                "too many pending handshakes from this address (max_pending_handshakes_per_source); connection dropped"
+            );
+            continue;
+        };
         let Ok(permit) = Arc::clone(&pending).try_acquire_owned() else {
             crate::metrics::handshake("dropped_overload");
-            tracing::warn!(remote = %remote, "too many pending handshakes; connection dropped");
+            tracing::warn!(remote = %remote, limit = config.max_pending_handshakes, "too many pending handshakes (max_pending_handshakes); connection dropped");
             continue;
         };
         if let Err(e) = tcp.set_nodelay(true) {
@@ -277,7 +346,20 @@ async fn accept_loop(
             (acceptor.clone(), conns.clone(), Arc::clone(&connections));
         tokio::spawn(async move {
             let _permit = permit;
-            match tokio::time::timeout(config.handshake_timeout, acceptor.accept(tcp)).await {
+            let _source_slot = source_slot;
+            // A connection that does not even start its handshake is gone
+            // long before the handshake deadline.
+            let started = tokio::time::Instant::now();
+            if tokio::time::timeout(config.first_byte_timeout, tcp.readable())
+                .await
+                .is_err()
+            {
+                crate::metrics::handshake("silent");
+                tracing::debug!(remote = %remote, after = ?config.first_byte_timeout, "no first byte (first_byte_timeout); connection closed");
+                return;
+            }
+            let left = config.handshake_timeout.saturating_sub(started.elapsed());
+            match tokio::time::timeout(left, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => {
                     crate::metrics::handshake("accepted");
                     let stream = MeshStream::new(tls, Some(remote), &connections);

@@ -148,3 +148,41 @@ async fn silent_and_garbage_clients_cost_nothing_lasting() {
     assert!(start.elapsed() < Duration::from_secs(5));
     b.peers.ping_peer("node-a").await.unwrap();
 }
+
+/// Found by attacking a live node: silent TCP connections, without any
+/// certificate, filled the shared pool of pending handshakes (each held up
+/// to the handshake timeout), and legitimate new connections were refused.
+/// Now one source address holds at most a few pending handshakes, so 400
+/// silent connections from 127.0.0.2 leave 127.0.0.1 unaffected.
+#[tokio::test]
+async fn silent_connections_from_one_source_do_not_lock_out_others() {
+    let mesh = Mesh::new();
+    let node = start_node(&mesh, "node-a").await;
+    let addr = node.server.local_addr();
+    let mut silent = Vec::new();
+    for _ in 0..400 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        if let Ok(s) = socket.connect(addr).await {
+            silent.push(s);
+        }
+    }
+    assert!(silent.len() >= 300, "{} silent connections", silent.len());
+    // A legitimate client, from another address, on fresh connections.
+    let started = Instant::now();
+    for _ in 0..10 {
+        let mut client = echo_client(&mesh.tls("node-b"), "node-a", &addr.to_string());
+        tokio::time::timeout(
+            Duration::from_secs(2),
+            client.who_am_i(aegis_peer::proto::testing::WhoAmIRequest {}),
+        )
+        .await
+        .expect("a legitimate call within 2 s")
+        .expect("answered");
+    }
+    println!(
+        "10 fresh connections during 400 silent ones: {:?}",
+        started.elapsed()
+    );
+    drop(silent);
+}
