@@ -7,70 +7,39 @@
 //! sets `AEGIS_BROWSER=required`, which turns a missing browser into a
 //! failure. Elsewhere that part says it is skipped.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+mod support;
+
+use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use aegis::{Node, PeerInfo};
+use support::Proc;
 
-struct Proc {
-    child: Child,
-    address: String,
-    admin: Option<String>,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn(dir: &str, id: &str, extra: &[&str]) -> Proc {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_aegis-node"))
-        .args([
-            "--id",
-            id,
-            "--name",
-            id,
-            "--address",
-            "127.0.0.1:0",
-            "--cert-dir",
-            dir,
-        ])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let address = loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("node started");
-        if let Some(a) = line.strip_prefix("listening on ") {
-            break a.to_owned();
-        }
-    };
-    let admin = if extra.contains(&"--admin-address") {
-        let line = rx.recv_timeout(Duration::from_secs(5)).expect("admin line");
+/// A node with `extra` arguments; (the process, its admin address if it
+/// serves one).
+fn spawn(dir: &str, id: &str, extra: &[&str]) -> (Proc, Option<String>) {
+    let mut args = vec![
+        "--id",
+        id,
+        "--name",
+        id,
+        "--address",
+        "127.0.0.1:0",
+        "--cert-dir",
+        dir,
+    ];
+    args.extend_from_slice(extra);
+    let proc = support::spawn(&args);
+    let admin = extra.contains(&"--admin-address").then(|| {
+        let line = proc
+            .lines
+            .recv_timeout(Duration::from_secs(5))
+            .expect("admin line");
         line.strip_prefix("admin on http://")
             .map(|a| a.trim_end_matches('/').to_owned())
-    } else {
-        None
-    };
-    Proc {
-        child,
-        address,
-        admin,
-    }
+            .expect("admin address printed")
+    });
+    (proc, admin)
 }
 
 /// `GET path` over HTTP/1.1: (status, body).
@@ -173,15 +142,15 @@ fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) -> Durat
 async fn metrics_members_readiness_and_the_live_page() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_str().unwrap();
-    let n1 = spawn(
+    let (n1, admin) = spawn(
         dir,
         "n1",
         &["--admin-address", "127.0.0.1:0", "--service", "identity/v1"],
     );
-    let admin = n1.admin.clone().expect("admin address printed");
+    let admin = admin.expect("admin address printed");
     let peer = format!("n1@{}", n1.address);
-    let n2 = spawn(dir, "n2", &["--peer", &peer]);
-    let mut n3 = Some(spawn(dir, "n3", &["--peer", &peer]));
+    let (n2, _) = spawn(dir, "n2", &["--peer", &peer]);
+    let mut n3 = Some(spawn(dir, "n3", &["--peer", &peer]).0);
 
     // Alone by configuration (no peer given): ready as soon as it serves.
     assert_eq!(get(&admin, "/readyz").0, 200);
@@ -191,7 +160,7 @@ async fn metrics_members_readiness_and_the_live_page() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let lonely = spawn(
+    let (lonely, lonely_admin) = spawn(
         dir,
         "lonely",
         &[
@@ -201,7 +170,7 @@ async fn metrics_members_readiness_and_the_live_page() {
             &format!("ghost@{closed}"),
         ],
     );
-    let (status, body) = get(lonely.admin.as_deref().unwrap(), "/readyz");
+    let (status, body) = get(lonely_admin.as_deref().unwrap(), "/readyz");
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("no live member"), "{body}");
     drop(lonely);

@@ -1,49 +1,16 @@
 //! A mesh of real `aegis-node` processes on 127.0.0.1, joined through one
 //! seed, called through the pool from a fourth node in this process.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+mod support;
+
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use aegis::peer::proto::mesh::GetTopologyRequest;
 use aegis::services::identity::ValidateSessionRequest;
 use aegis::services::identity::identity_service_client::IdentityServiceClient;
 use aegis::{Node, PeerInfo, ServiceClient};
-
-struct Proc {
-    child: Child,
-    address: String,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn(args: &[String]) -> Proc {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_aegis-node"))
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(addr) = line.strip_prefix("listening on ") {
-                let _ = tx.send(addr.to_owned());
-            }
-        }
-    });
-    let address = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("the node printed its address");
-    Proc { child, address }
-}
+use support::{Proc, spawn};
 
 fn signal(child: &Child, sig: &str) {
     let status = Command::new("kill")

@@ -138,6 +138,19 @@ pub enum Probe {
     },
 }
 
+impl Probe {
+    /// The outcome of a probe whose direct attempt failed and was checked
+    /// through `asked` helpers, `replied` of which answered: answered if
+    /// any attempt got the member's ack.
+    pub fn after_checks(acked: bool, asked: usize, replied: usize) -> Self {
+        if acked {
+            Probe::Answered
+        } else {
+            Probe::Missed { asked, replied }
+        }
+    }
+}
+
 /// A change of a member's liveness as this node judged it: reported once
 /// per change, never per probe.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -228,9 +241,8 @@ pub struct Liveness {
     /// Members that serve nothing (a client-only node advertises port 0):
     /// never probed, never asked for help, never sent news.
     unreachable: std::collections::HashSet<NodeId>,
-    /// Members neither dead nor gone (this node included): the N of
-    /// timeouts and retransmit limits.
-    live: usize,
+    /// Members by state (`[alive, suspect, dead, left]`), kept with `seen`.
+    by_state: [usize; 4],
     news: Vec<Queued<NodeId>>,
     notes: Vec<Queued<Suspicion>>,
     health: u32,
@@ -244,6 +256,15 @@ const MAX_QUEUED: usize = 256;
 
 /// Piggybacked changes or suspicions accepted in one message at most.
 pub const MAX_PIGGYBACK: usize = 64;
+
+fn state_index(s: NodeState) -> usize {
+    match s {
+        NodeState::Alive => 0,
+        NodeState::Suspect => 1,
+        NodeState::Dead => 2,
+        NodeState::Left => 3,
+    }
+}
 
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
@@ -295,7 +316,7 @@ impl Liveness {
             seen: HashMap::new(),
             members: Vec::new(),
             unreachable: std::collections::HashSet::new(),
-            live: 0,
+            by_state: [0; 4],
             news: Vec::new(),
             notes: Vec::new(),
             health: 0,
@@ -341,7 +362,18 @@ impl Liveness {
     /// Members that are neither dead nor gone, this node included (as of
     /// the last look at the topology; at least 1).
     pub fn live_members(&self) -> usize {
-        self.live.max(1)
+        self.live().max(1)
+    }
+
+    fn live(&self) -> usize {
+        self.by_state[state_index(NodeState::Alive)]
+            + self.by_state[state_index(NodeState::Suspect)]
+    }
+
+    /// Members by state as of the last look at the topology, this node
+    /// included: `[alive, suspect, dead, left]`.
+    pub fn members_by_state(&self) -> [usize; 4] {
+        self.by_state
     }
 
     /// Suspicion timers running here.
@@ -353,14 +385,15 @@ impl Liveness {
     /// from `suspicion_max_mult × min` down to `min`, on a logarithmic curve
     /// reaching `min` after `suspicion_mult - 2` confirmations.
     pub fn suspicion_timeout(&self, confirmations: usize) -> Duration {
-        let n = self.live.max(1) as f64;
+        let live = self.live();
+        let n = live.max(1) as f64;
         let min = f64::from(self.config.suspicion_mult)
             * n.log10().max(1.0)
             * self.config.period.as_secs_f64();
         let max = f64::from(self.config.suspicion_max_mult.max(1)) * min;
         // Confirmations to expect: none in a mesh too small to give them.
         let mut k = self.config.suspicion_mult.saturating_sub(2) as usize;
-        if self.live.saturating_sub(2) < k {
+        if live.saturating_sub(2) < k {
             k = 0;
         }
         let secs = if k == 0 {
@@ -441,12 +474,10 @@ impl Liveness {
         } else {
             self.unreachable.remove(id);
         }
-        let is_live = |s: NodeState| matches!(s, NodeState::Alive | NodeState::Suspect);
-        match (before.is_some_and(|(_, s)| is_live(s)), is_live(e.state)) {
-            (false, true) => self.live += 1,
-            (true, false) => self.live = self.live.saturating_sub(1),
-            _ => {}
+        if let Some((_, was)) = before {
+            self.by_state[state_index(was)] -= 1;
         }
+        self.by_state[state_index(e.state)] += 1;
         // At the first look only this node's own entry is news (it
         // announces itself); later, every change is.
         if !first || *id == self.local {
@@ -485,10 +516,8 @@ impl Liveness {
             self.members.remove(at);
         }
         self.unreachable.remove(id);
-        if let Some((_, s)) = self.seen.remove(id)
-            && matches!(s, NodeState::Alive | NodeState::Suspect)
-        {
-            self.live = self.live.saturating_sub(1);
+        if let Some((_, was)) = self.seen.remove(id) {
+            self.by_state[state_index(was)] -= 1;
         }
         self.timers.remove(id);
         self.tracks.remove(id);
@@ -882,7 +911,7 @@ impl Liveness {
     /// How often each change is piggybacked: `retransmit_mult ×
     /// ceil(log10(N + 1))`.
     pub fn retransmit_limit(&self) -> u32 {
-        let scale = ((self.live + 1) as f64).log10().ceil().max(1.0);
+        let scale = ((self.live() + 1) as f64).log10().ceil().max(1.0);
         (f64::from(self.config.retransmit_mult.max(1)) * scale) as u32
     }
 

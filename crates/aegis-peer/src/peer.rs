@@ -235,6 +235,25 @@ pub fn lock_liveness(l: &SharedLiveness) -> MutexGuard<'_, Liveness> {
     l.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Merges what a ping or its answer carried (nothing to do when it carried
+/// nothing). The error names what was wrong; nothing of it is applied then.
+pub(crate) fn take_piggyback(
+    liveness: &SharedLiveness,
+    topology: &Topology,
+    updates: Vec<pb::TopologyNode>,
+    suspicions: Vec<pb::Suspicion>,
+    sync: &SyncConfig,
+) -> Result<(), String> {
+    if updates.is_empty() && suspicions.is_empty() {
+        return Ok(());
+    }
+    let piggyback = piggyback_from_wire(updates, suspicions).map_err(|e| e.to_string())?;
+    lock_liveness(liveness)
+        .on_piggyback(topology, piggyback, sync, now_ms())
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
 impl std::fmt::Debug for PeerManager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PeerManager")
@@ -468,18 +487,15 @@ impl PeerManager {
         }
         let latency = start.elapsed();
         if let Some(l) = &self.liveness
-            && !(resp.updates.is_empty() && resp.suspicions.is_empty())
+            && let Err(e) = take_piggyback(
+                l,
+                &self.topology,
+                resp.updates,
+                resp.suspicions,
+                &self.config.sync,
+            )
         {
-            let taken = piggyback_from_wire(resp.updates, resp.suspicions)
-                .map_err(|e| e.to_string())
-                .and_then(|p| {
-                    lock_liveness(l)
-                        .on_piggyback(&self.topology, p, &self.config.sync, now_ms())
-                        .map_err(|e| e.to_string())
-                });
-            if let Err(e) = taken {
-                tracing::warn!(peer = %id, error = %e, "ignored the piggyback of a ping answer");
-            }
+            tracing::warn!(peer = %id, error = %e, "ignored the piggyback of a ping answer");
         }
         Ok(PingResponse {
             receiver_id: resp.receiver_id,

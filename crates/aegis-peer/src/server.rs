@@ -19,11 +19,11 @@ use tonic_health::ServingStatus;
 
 use crate::caller::caller_from_request;
 use crate::convert::{
-    entry_to_wire, health_to_wire, now_ms, now_unix, piggyback_from_wire, piggyback_to_wire,
-    request_from_wire, response_to_wire,
+    entry_to_wire, health_to_wire, now_ms, now_unix, piggyback_to_wire, request_from_wire,
+    response_to_wire,
 };
 use crate::health::{Health, HealthStatus};
-use crate::peer::lock_liveness;
+use crate::peer::{lock_liveness, take_piggyback};
 use crate::proto::mesh as pb;
 use crate::proto::mesh::mesh_service_server::{MeshService, MeshServiceServer};
 use crate::transport::{Connections, MeshStream, check_address};
@@ -576,19 +576,8 @@ impl MeshService for MeshHandler {
         // not depend on gossip. A bad piggyback is skipped, naming why.
         let (updates, suspicions) = match self.peers.as_ref().and_then(|p| p.liveness()) {
             Some(l) => {
-                let now = now_ms();
-                let incoming = if req.updates.is_empty() && req.suspicions.is_empty() {
-                    Ok(())
-                } else {
-                    piggyback_from_wire(req.updates, req.suspicions)
-                        .map_err(|e| e.to_string())
-                        .and_then(|p| {
-                            lock_liveness(l)
-                                .on_piggyback(&self.topology, p, &self.sync, now)
-                                .map(|_| ())
-                                .map_err(|e| e.to_string())
-                        })
-                };
+                let incoming =
+                    take_piggyback(l, &self.topology, req.updates, req.suspicions, &self.sync);
                 if let Err(e) = incoming {
                     tracing::warn!(caller = %caller, error = %e, "ignored the piggyback of a ping");
                 }

@@ -145,8 +145,7 @@ pub fn mtls_channel_observed(
             match &result {
                 Ok(_) => tracing::debug!(peer = %peer, address = %address, "connected"),
                 Err(e) => {
-                    let text = e.to_string();
-                    if text.contains("UnknownIssuer") || text.contains("BadSignature") {
+                    if from_another_ca(e) {
                         tracing::warn!(peer = %peer, address = %address, error = %e, "connection failed: the peer presented a certificate from a different CA; do both nodes use the same certificate directory?");
                     } else {
                         tracing::warn!(peer = %peer, address = %address, error = %e, "connection failed");
@@ -163,6 +162,15 @@ pub fn mtls_channel_observed(
         }
     });
     Ok(endpoint.connect_with_connector_lazy(connect))
+}
+
+/// Whether a failed handshake means the peer's chain comes from another
+/// CA. CAs generated before they had subjects of their own share one, so
+/// another mesh's CA shows up as a bad signature as often as as an unknown
+/// issuer.
+fn from_another_ca(e: &io::Error) -> bool {
+    let text = e.to_string();
+    text.contains("UnknownIssuer") || text.contains("BadSignature")
 }
 
 /// Accepts the certificate of any node of the mesh, whatever its ID: the
@@ -264,10 +272,7 @@ pub async fn identify(
             .connect(name, tcp)
             .await
             .map_err(|e| {
-                // Generated CAs share one subject, so a foreign CA shows
-                // up as a bad signature as often as an unknown issuer.
-                let text = e.to_string();
-                let hint = if text.contains("UnknownIssuer") || text.contains("BadSignature") {
+                let hint = if from_another_ca(&e) {
                     " — its certificate is not from this mesh's CA: are both nodes using the same certificate directory or CA?"
                 } else {
                     ""

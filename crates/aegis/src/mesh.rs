@@ -317,14 +317,7 @@ async fn round(driver: &Driver, peers: &PeerManager, rng: &mut Rng) -> Vec<NodeI
             let acked = again || answers.iter().any(|a| matches!(a, Ok(true)));
             (
                 target.clone(),
-                if acked {
-                    Probe::Answered
-                } else {
-                    Probe::Missed {
-                        asked: helpers.len(),
-                        replied,
-                    }
-                },
+                Probe::after_checks(acked, helpers.len(), replied),
             )
         }
     });
@@ -358,7 +351,13 @@ async fn round(driver: &Driver, peers: &PeerManager, rng: &mut Rng) -> Vec<NodeI
     }
     metrics::gauge!("aegis_local_health").set(f64::from(l.health()));
     metrics::counter!("aegis_refutations_total").absolute(l.refutations());
-    record_members(topology);
+    // `aegis_members{state}`: the members this node holds, by state.
+    for (state, n) in ["alive", "suspect", "dead", "left"]
+        .into_iter()
+        .zip(l.members_by_state())
+    {
+        metrics::gauge!("aegis_members", "state" => state).set(n as f64);
+    }
     let seeds: Vec<NodeId> = peers
         .get_all_peers()
         .iter()
@@ -412,22 +411,6 @@ async fn sync_with(
         }
     });
     join_all(syncs).await;
-}
-
-/// `aegis_members{state}`: the members this node holds, by state.
-fn record_members(topology: &Topology) {
-    let mut counts = [0usize; 4];
-    for e in topology.entries() {
-        counts[match e.state {
-            NodeState::Alive => 0,
-            NodeState::Suspect => 1,
-            NodeState::Dead => 2,
-            NodeState::Left => 3,
-        }] += 1;
-    }
-    for (state, n) in ["alive", "suspect", "dead", "left"].into_iter().zip(counts) {
-        metrics::gauge!("aegis_members", "state" => state).set(n as f64);
-    }
 }
 
 /// Makes a peer of every node the topology knows (and drops peers that

@@ -286,14 +286,7 @@ impl Sim {
                         acked |= ack;
                     }
                 }
-                if acked {
-                    Probe::Answered
-                } else {
-                    Probe::Missed {
-                        asked: helpers.len(),
-                        replied,
-                    }
-                }
+                Probe::after_checks(acked, helpers.len(), replied)
             };
             if let Some(t) = liveness[a].on_probe(&self.nodes[a], id, probe, self.now_ms) {
                 self.transitions.push((a, t));
