@@ -100,6 +100,9 @@ pub enum PeerError {
         /// Why, and what to check.
         reason: String,
     },
+    /// Another failure of the transport (new credentials refused, say).
+    #[error(transparent)]
+    Transport(aegis_transport::TransportError),
 }
 
 /// A status as one line: its code in words, then its message (tonic's own
@@ -121,6 +124,19 @@ impl PeerError {
             PeerError::Rpc { status, .. } => Some(status.code()),
             PeerError::Timeout { .. } => Some(tonic::Code::DeadlineExceeded),
             _ => None,
+        }
+    }
+}
+
+impl From<aegis_transport::TransportError> for PeerError {
+    fn from(e: aegis_transport::TransportError) -> Self {
+        use aegis_transport::TransportError as T;
+        match e {
+            T::InvalidAddress { address, reason } => PeerError::InvalidAddress { address, reason },
+            T::Bind { address, source } => PeerError::Bind { address, source },
+            T::Server(e) => PeerError::Server(e),
+            T::Seed { address, reason } => PeerError::Seed { address, reason },
+            other => PeerError::Transport(other),
         }
     }
 }

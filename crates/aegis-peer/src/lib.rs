@@ -32,7 +32,6 @@
 //! ```
 #![warn(missing_docs)]
 
-mod caller;
 mod convert;
 mod error;
 mod health;
@@ -40,13 +39,14 @@ pub mod metrics;
 mod peer;
 pub mod proto;
 mod server;
-pub mod transport;
+/// The mutual-TLS transport this crate runs on (re-exported).
+pub use aegis_transport as transport;
 #[doc(hidden)]
 pub mod util;
 
-pub use caller::{
-    Caller, CallerError, MeshConnectInfo, PeerCertificate, caller_from_request,
-    must_caller_from_request,
+pub use aegis_transport::{
+    Caller, CallerError, Credentials, MeshConnectInfo, PeerCertificate, ServerHandle,
+    caller_from_request, must_caller_from_request, serve_routes,
 };
 pub use error::{PeerError, describe};
 pub use health::{
@@ -57,4 +57,4 @@ pub use peer::{
     HealthResponse, NodeInfoResponse, Peer, PeerConfig, PeerInfo, PeerManager, PingResponse,
     SharedLiveness, SyncMode, SyncReport, lock_liveness,
 };
-pub use server::{MeshServer, MeshServerConfig, Registrar, ServerHandle, serve_routes};
+pub use server::{MeshServer, MeshServerConfig, Registrar};

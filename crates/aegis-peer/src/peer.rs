@@ -6,8 +6,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
+#[cfg(doc)]
 use aegis_tls::TlsConfig;
 use aegis_topology::{ApplyReport, NodeId, NodeType, Topology};
+use aegis_transport::Credentials;
 use prost::Message;
 use tonic::transport::Channel;
 
@@ -63,7 +65,7 @@ impl PeerInfo {
 
 struct PeerInner {
     info: PeerInfo,
-    tls: TlsConfig,
+    credentials: Credentials,
     channel_options: ChannelOptions,
     /// Made on first use, inside the runtime (tonic's channel spawns a task).
     client: std::sync::OnceLock<MeshServiceClient<Channel>>,
@@ -116,7 +118,12 @@ impl Peer {
             return Err(PeerError::NoRuntime);
         }
         let i = &self.inner;
-        let channel = mtls_channel(&i.tls, &i.info.id, &i.info.address, &i.channel_options)?;
+        let channel = mtls_channel(
+            &i.credentials,
+            &i.info.id,
+            &i.info.address,
+            &i.channel_options,
+        )?;
         let client = MeshServiceClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE);
@@ -217,7 +224,7 @@ pub struct SyncReport {
 /// that does not answer yields [`PeerError::Timeout`], never a hang.
 pub struct PeerManager {
     local_id: NodeId,
-    tls: Option<TlsConfig>,
+    credentials: Option<Credentials>,
     topology: Topology,
     config: PeerConfig,
     peers: RwLock<HashMap<NodeId, Peer>>,
@@ -264,12 +271,18 @@ impl std::fmt::Debug for PeerManager {
 }
 
 impl PeerManager {
-    /// A manager for the node `local_id`, syncing into `topology`. Without
-    /// `tls`, adding peers fails with [`PeerError::NoTlsConfig`].
-    pub fn new(local_id: NodeId, tls: Option<TlsConfig>, topology: Topology) -> Self {
+    /// A manager for the node `local_id`, syncing into `topology`, dialling
+    /// with `credentials` (a [`TlsConfig`], or [`Credentials`] that change
+    /// at run time: every new connection takes the current ones). Without
+    /// them, adding peers fails with [`PeerError::NoTlsConfig`].
+    pub fn new(
+        local_id: NodeId,
+        credentials: Option<impl Into<Credentials>>,
+        topology: Topology,
+    ) -> Self {
         Self {
             local_id,
-            tls,
+            credentials: credentials.map(Into::into),
             topology,
             config: PeerConfig::default(),
             peers: RwLock::new(HashMap::new()),
@@ -325,7 +338,7 @@ impl PeerManager {
         if self.closed.load(Ordering::Acquire) {
             return Err(PeerError::Closed);
         }
-        let tls = self.tls.as_ref().ok_or(PeerError::NoTlsConfig)?;
+        let credentials = self.credentials.as_ref().ok_or(PeerError::NoTlsConfig)?;
         let mut peers = self.peers_write();
         if peers.contains_key(&info.id) {
             return Err(PeerError::AlreadyExists(info.id.to_string()));
@@ -338,7 +351,7 @@ impl PeerManager {
         let peer = Peer {
             inner: Arc::new(PeerInner {
                 info,
-                tls: tls.clone(),
+                credentials: credentials.clone(),
                 channel_options: self.config.channel,
                 client: std::sync::OnceLock::new(),
                 connected: AtomicBool::new(false),

@@ -1,23 +1,19 @@
 //! `MeshServer`: tonic over our own rustls acceptor.
 
-use std::io;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use aegis_mesh::{SyncConfig, SyncError, SyncRequest};
-use aegis_tls::{NodeId, TlsConfig};
+use aegis_tls::NodeId;
+#[cfg(doc)]
+use aegis_tls::TlsConfig;
 use aegis_topology::Topology;
-use tokio::net::{TcpListener, TcpSocket};
-use tokio::sync::{Semaphore, mpsc, watch};
-use tokio::task::JoinHandle;
-use tokio_rustls::TlsAcceptor;
-use tokio_stream::wrappers::ReceiverStream;
+use aegis_transport::{Credentials, ServerConfig, ServerHandle, serve_routes};
+use tokio::sync::watch;
 use tonic::service::RoutesBuilder;
 use tonic::{Request, Response, Status};
 use tonic_health::ServingStatus;
 
-use crate::caller::caller_from_request;
 use crate::convert::{
     entry_to_wire, health_to_wire, now_ms, now_unix, piggyback_to_wire, request_from_wire,
     response_to_wire,
@@ -26,50 +22,38 @@ use crate::health::{Health, HealthStatus};
 use crate::peer::{lock_liveness, take_piggyback};
 use crate::proto::mesh as pb;
 use crate::proto::mesh::mesh_service_server::{MeshService, MeshServiceServer};
-use crate::transport::{Connections, MeshStream, check_address};
 use crate::{PeerError, PeerInfo, PeerManager};
+use aegis_transport::caller_from_request;
 
 /// A callback that adds the user's gRPC services to the server.
 pub type Registrar = Arc<dyn Fn(&mut RoutesBuilder) + Send + Sync>;
 
-/// Limits and timeouts of a [`MeshServer`].
+/// Limits of a [`MeshServer`]: the transport's (connections, handshakes,
+/// timeouts) and the mesh protocol's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MeshServerConfig {
     /// Largest message accepted or sent, in bytes (a full 10,000-node
     /// topology is about 1.5 MB).
     pub max_message_size: usize,
-    /// Concurrent HTTP/2 streams allowed on one connection.
-    pub max_concurrent_streams: u32,
-    /// Time a client has to finish the TLS handshake.
-    pub handshake_timeout: Duration,
-    /// Handshakes in progress at once; connections beyond are closed at once.
-    pub max_pending_handshakes: usize,
-    /// Handshakes in progress at once from one source address; beyond it
-    /// that address's new connections are closed at once, so one host's
-    /// silent connections cannot lock out the others. Default: 16.
-    pub max_pending_handshakes_per_source: usize,
-    /// Time a new connection has to send its first byte (the start of its
-    /// TLS handshake); a connection that stays silent is closed then,
-    /// well before `handshake_timeout`. Default: 1 s.
-    pub first_byte_timeout: Duration,
-    /// HTTP/2 keep-alive pings to clients, to drop dead connections.
-    pub keep_alive_interval: Option<Duration>,
     /// Bounds of the sync exchange (answers are paged to fit them).
     pub sync: SyncConfig,
+    /// The accept loop's and HTTP/2 server's limits.
+    pub transport: ServerConfig,
 }
 
 impl Default for MeshServerConfig {
     fn default() -> Self {
         Self {
             max_message_size: 16 * 1024 * 1024,
-            max_concurrent_streams: 256,
-            handshake_timeout: Duration::from_secs(5),
-            max_pending_handshakes: 256,
-            max_pending_handshakes_per_source: 16,
-            first_byte_timeout: Duration::from_secs(1),
-            keep_alive_interval: Some(Duration::from_secs(30)),
             sync: SyncConfig::default(),
+            transport: ServerConfig::default(),
         }
+    }
+}
+
+impl From<MeshServerConfig> for ServerConfig {
+    fn from(config: MeshServerConfig) -> Self {
+        config.transport
     }
 }
 
@@ -90,7 +74,7 @@ impl Default for MeshServerConfig {
 /// # Ok(()) }
 /// ```
 pub struct MeshServer {
-    tls: TlsConfig,
+    credentials: Credentials,
     topology: Topology,
     health: Health,
     config: MeshServerConfig,
@@ -99,11 +83,12 @@ pub struct MeshServer {
 }
 
 impl MeshServer {
-    /// A server for the node named by `tls`, answering from `topology` and
-    /// `health`.
-    pub fn new(tls: TlsConfig, topology: Topology, health: Health) -> Self {
+    /// A server for the node named by `credentials` (a [`TlsConfig`], or
+    /// [`Credentials`] that change at run time), answering from `topology`
+    /// and `health`.
+    pub fn new(credentials: impl Into<Credentials>, topology: Topology, health: Health) -> Self {
         Self {
-            tls,
+            credentials: credentials.into(),
             topology,
             health,
             config: MeshServerConfig::default(),
@@ -141,7 +126,7 @@ impl MeshServer {
     pub async fn serve(self, address: &str) -> Result<ServerHandle, PeerError> {
         let (reporter, health_service) = tonic_health::server::health_reporter();
         let handler = MeshHandler {
-            node_id: self.tls.node_id().clone(),
+            node_id: self.credentials.node_id(),
             topology: self.topology,
             health: self.health.clone(),
             sync: self.config.sync,
@@ -158,226 +143,12 @@ impl MeshServer {
         for registrar in &self.registrars {
             registrar(&mut routes);
         }
-        let mut handle = serve_routes(&self.tls, address, routes.routes(), self.config).await?;
-        let shutdown = handle.shutdown.subscribe();
-        handle
-            .extra
-            .push(tokio::spawn(follow_health(self.health, reporter, shutdown)));
+        let mut handle =
+            serve_routes(self.credentials, address, routes.routes(), self.config).await?;
+        let shutdown = handle.stopping();
+        handle.attach(tokio::spawn(follow_health(self.health, reporter, shutdown)));
         Ok(handle)
     }
-}
-
-/// Serves any tonic routes over mutual TLS with the listener, handshake and
-/// shutdown behaviour of [`MeshServer`]: for services that are not the mesh
-/// protocol (a provider's own API, a test double).
-///
-/// # Errors
-/// As [`MeshServer::serve`].
-pub async fn serve_routes(
-    tls: &TlsConfig,
-    address: &str,
-    routes: tonic::service::Routes,
-    config: MeshServerConfig,
-) -> Result<ServerHandle, PeerError> {
-    check_address(address)?;
-    let listener = bind(address).await?;
-    let local_addr = listener.local_addr().map_err(|source| PeerError::Bind {
-        address: address.to_owned(),
-        source,
-    })?;
-    let node_id = tls.node_id().clone();
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let (conn_tx, conn_rx) = mpsc::channel::<io::Result<MeshStream>>(64);
-    let acceptor = TlsAcceptor::from(tls.server_config());
-    let connections = Arc::new(Connections::default());
-    let accept = tokio::spawn(accept_loop(
-        listener,
-        acceptor,
-        conn_tx,
-        shutdown_rx.clone(),
-        config,
-        Arc::clone(&connections),
-    ));
-    let mut signal = shutdown_rx;
-    let serve = tokio::spawn(
-        tonic::transport::Server::builder()
-            .max_concurrent_streams(config.max_concurrent_streams)
-            .http2_keepalive_interval(config.keep_alive_interval)
-            .layer(crate::metrics::RpcMetricsLayer)
-            .add_routes(routes)
-            .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), async move {
-                let _ = signal.wait_for(|stop| *stop).await;
-            }),
-    );
-    tracing::info!(node_id = %node_id, address = %local_addr, "server listening");
-    Ok(ServerHandle {
-        local_addr,
-        node_id,
-        shutdown: shutdown_tx,
-        tasks: Some(Tasks { accept, serve }),
-        extra: Vec::new(),
-        connections,
-    })
-}
-
-async fn bind(address: &str) -> Result<TcpListener, PeerError> {
-    let err = |source| PeerError::Bind {
-        address: address.to_owned(),
-        source,
-    };
-    let addr = tokio::net::lookup_host(address)
-        .await
-        .map_err(err)?
-        .next()
-        .ok_or_else(|| {
-            err(io::Error::new(
-                io::ErrorKind::NotFound,
-                "the host resolves to no address",
-            ))
-        })?;
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()
-    } else {
-        TcpSocket::new_v6()
-    }
-    .map_err(err)?;
-    // So that a restarted node can bind its port again at once, despite
-    // connections of its previous life in TIME_WAIT.
-    socket.set_reuseaddr(true).map_err(err)?;
-    socket.bind(addr).map_err(err)?;
-    socket.listen(1024).map_err(err)
-}
-
-/// Pending handshakes per source address.
-#[derive(Default)]
-struct PendingBySource(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
-
-/// One pending handshake of a source; leaving frees its place.
-struct SourceSlot {
-    ip: std::net::IpAddr,
-    table: Arc<PendingBySource>,
-}
-
-impl PendingBySource {
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<std::net::IpAddr, usize>> {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// A place for one more pending handshake from `ip`, if it has fewer
-    /// than `max`.
-    fn enter(self: &Arc<Self>, ip: std::net::IpAddr, max: usize) -> Option<SourceSlot> {
-        let mut table = self.lock();
-        let n = table.entry(ip).or_insert(0);
-        if *n >= max.max(1) {
-            return None;
-        }
-        *n += 1;
-        Some(SourceSlot {
-            ip,
-            table: Arc::clone(self),
-        })
-    }
-}
-
-impl Drop for SourceSlot {
-    fn drop(&mut self) {
-        let mut table = self.table.lock();
-        if let Some(n) = table.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                table.remove(&self.ip);
-            }
-        }
-    }
-}
-
-/// Accepts TCP connections and runs each TLS handshake in its own task, with
-/// a timeout and a cap on how many run at once, so a slow or silent client
-/// never holds up the others.
-async fn accept_loop(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    conns: mpsc::Sender<io::Result<MeshStream>>,
-    mut shutdown: watch::Receiver<bool>,
-    config: MeshServerConfig,
-    connections: Arc<Connections>,
-) {
-    let pending = Arc::new(Semaphore::new(config.max_pending_handshakes));
-    let per_source = Arc::new(PendingBySource::default());
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.wait_for(|stop| *stop) => break,
-            accepted = listener.accept() => accepted,
-        };
-        let (tcp, remote) = match accepted {
-            Ok(pair) => pair,
-            Err(e) => {
-                // Out of file descriptors and the like: back off a little
-                // rather than spin.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                continue;
-            }
-        };
-        let Some(source_slot) =
-            per_source.enter(remote.ip(), config.max_pending_handshakes_per_source)
-        else {
-            crate::metrics::handshake("dropped_per_source");
-            tracing::debug!(
-                remote = %remote,
-                limit = config.max_pending_handshakes_per_source,
-                "too many pending handshakes from this address (max_pending_handshakes_per_source); connection dropped"
-            );
-            continue;
-        };
-        let Ok(permit) = Arc::clone(&pending).try_acquire_owned() else {
-            crate::metrics::handshake("dropped_overload");
-            tracing::warn!(remote = %remote, limit = config.max_pending_handshakes, "too many pending handshakes (max_pending_handshakes); connection dropped");
-            continue;
-        };
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(remote = %remote, error = %e, "set_nodelay failed");
-        }
-        let (acceptor, conns, connections) =
-            (acceptor.clone(), conns.clone(), Arc::clone(&connections));
-        tokio::spawn(async move {
-            let _permit = permit;
-            let _source_slot = source_slot;
-            // A connection that does not even start its handshake is gone
-            // long before the handshake deadline.
-            let started = tokio::time::Instant::now();
-            if tokio::time::timeout(config.first_byte_timeout, tcp.readable())
-                .await
-                .is_err()
-            {
-                crate::metrics::handshake("silent");
-                tracing::debug!(remote = %remote, after = ?config.first_byte_timeout, "no first byte (first_byte_timeout); connection closed");
-                return;
-            }
-            let left = config.handshake_timeout.saturating_sub(started.elapsed());
-            match tokio::time::timeout(left, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => {
-                    crate::metrics::handshake("accepted");
-                    let stream = MeshStream::new(tls, Some(remote), &connections);
-                    tracing::debug!(remote = %remote, caller = ?stream.caller_id(), "accepted");
-                    let _ = conns.send(Ok(stream)).await;
-                }
-                Ok(Err(e)) => {
-                    crate::metrics::handshake("refused");
-                    tracing::info!(remote = %remote, error = %e, "TLS handshake refused");
-                }
-                Err(_) => {
-                    crate::metrics::handshake("timed_out");
-                    tracing::info!(remote = %remote, "TLS handshake timed out");
-                }
-            }
-        });
-    }
-    tracing::debug!("accept loop stopped; listener closed");
 }
 
 /// Keeps the standard gRPC health service in step with the node's health
@@ -415,95 +186,6 @@ async fn follow_health(
             changed = rx.changed() => if changed.is_err() { return },
             changed = services.changed() => if changed.is_err() { return },
         }
-    }
-}
-
-struct Tasks {
-    accept: JoinHandle<()>,
-    serve: JoinHandle<Result<(), tonic::transport::Error>>,
-}
-
-/// A running [`MeshServer`]. Dropping it stops the server at once; call
-/// [`ServerHandle::shutdown`] to let in-flight calls finish.
-pub struct ServerHandle {
-    local_addr: SocketAddr,
-    node_id: NodeId,
-    shutdown: watch::Sender<bool>,
-    tasks: Option<Tasks>,
-    /// Helpers that stop with the server (the health follower).
-    extra: Vec<JoinHandle<()>>,
-    connections: Arc<Connections>,
-}
-
-impl std::fmt::Debug for ServerHandle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServerHandle")
-            .field("node_id", &self.node_id)
-            .field("local_addr", &self.local_addr)
-            .finish_non_exhaustive()
-    }
-}
-
-impl ServerHandle {
-    /// The bound address (with the real port when 0 was asked for).
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
-    }
-
-    /// How many client connections are open.
-    pub fn open_connections(&self) -> usize {
-        self.connections.count()
-    }
-
-    /// Stops accepting, closes the listener (the port can be bound again at
-    /// once), lets in-flight calls finish for up to `grace`, then drops what
-    /// is left.
-    ///
-    /// # Errors
-    /// [`PeerError::Server`] if the server had failed.
-    pub async fn shutdown(mut self, grace: Duration) -> Result<(), PeerError> {
-        let _ = self.shutdown.send(true);
-        let Some(tasks) = self.tasks.take() else {
-            return Ok(());
-        };
-        let _ = tasks.accept.await;
-        for task in self.extra.drain(..) {
-            let _ = task.await;
-        }
-        let mut serve = tasks.serve;
-        let result = match tokio::time::timeout(grace, &mut serve).await {
-            Ok(Ok(result)) => result.map_err(PeerError::Server),
-            Ok(Err(_join)) => Ok(()),
-            Err(_) => {
-                let dropped = self.connections.close_all();
-                tracing::warn!(node_id = %self.node_id, ?grace, dropped, "grace period over; connections closed");
-                // The connections end as their sockets close; give the
-                // server a moment to see it, then stop waiting.
-                if tokio::time::timeout(Duration::from_secs(1), &mut serve)
-                    .await
-                    .is_err()
-                {
-                    serve.abort();
-                }
-                Ok(())
-            }
-        };
-        tracing::info!(node_id = %self.node_id, "server stopped");
-        result
-    }
-}
-
-impl Drop for ServerHandle {
-    fn drop(&mut self) {
-        let _ = self.shutdown.send(true);
-        if let Some(tasks) = self.tasks.take() {
-            tasks.accept.abort();
-            tasks.serve.abort();
-        }
-        for task in &self.extra {
-            task.abort();
-        }
-        self.connections.close_all();
     }
 }
 

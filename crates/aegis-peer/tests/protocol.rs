@@ -90,7 +90,11 @@ async fn peer_manager_bookkeeping() {
         Err(PeerError::Closed)
     ));
 
-    let no_tls = PeerManager::new(NodeId::new("x").unwrap(), None, Topology::new());
+    let no_tls = PeerManager::new(
+        NodeId::new("x").unwrap(),
+        None::<aegis_tls::TlsConfig>,
+        Topology::new(),
+    );
     assert!(matches!(
         no_tls.add_peer(PeerInfo::new("p", "127.0.0.1:1").unwrap()),
         Err(PeerError::NoTlsConfig)

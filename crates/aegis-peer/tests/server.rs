@@ -106,10 +106,9 @@ async fn a_grace_period_bounds_the_stop() {
 async fn silent_and_garbage_clients_cost_nothing_lasting() {
     let mesh = Mesh::new();
     let node = start_node_with(&mesh, "node-a", |s| {
-        s.with_config(MeshServerConfig {
-            handshake_timeout: Duration::from_millis(300),
-            ..MeshServerConfig::default()
-        })
+        let mut config = MeshServerConfig::default();
+        config.transport.handshake_timeout = Duration::from_millis(300);
+        s.with_config(config)
     })
     .await;
     let addr = node.server.local_addr();

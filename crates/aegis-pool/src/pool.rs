@@ -5,9 +5,12 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use aegis_peer::transport::{ChannelOptions, ConnectEvent, ConnectObserver, mtls_channel_observed};
+#[cfg(doc)]
 use aegis_tls::TlsConfig;
 use aegis_topology::{NodeId, NodeInfo, Topology};
+use aegis_transport::{
+    ChannelOptions, ConnectEvent, ConnectObserver, Credentials, mtls_channel_observed,
+};
 use tonic::transport::Channel;
 
 use crate::PoolError;
@@ -106,7 +109,7 @@ fn no_providers(name: &str, version: &str) -> PoolError {
 
 struct Inner {
     topology: Topology,
-    tls: Option<TlsConfig>,
+    credentials: Option<Credentials>,
     config: PoolConfig,
     /// Resolved providers and round-robin position per (name, version).
     routes: RwLock<Routes>,
@@ -169,17 +172,23 @@ fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 }
 
 impl ServiceClientPool {
-    /// A pool over `topology`, dialling with `tls` (without it every
-    /// `get_conn` answers [`PoolError::NoTlsConfig`]).
-    pub fn new(topology: Topology, tls: Option<TlsConfig>) -> Self {
-        Self::with_config(topology, tls, PoolConfig::default())
+    /// A pool over `topology`, dialling with `credentials` (a
+    /// [`TlsConfig`], or [`Credentials`] that change at run time: every new
+    /// connection takes the current ones). Without them every `get_conn`
+    /// answers [`PoolError::NoTlsConfig`].
+    pub fn new(topology: Topology, credentials: Option<impl Into<Credentials>>) -> Self {
+        Self::with_config(topology, credentials, PoolConfig::default())
     }
 
     /// A pool with other dialling and back-off settings.
-    pub fn with_config(topology: Topology, tls: Option<TlsConfig>, config: PoolConfig) -> Self {
+    pub fn with_config(
+        topology: Topology,
+        credentials: Option<impl Into<Credentials>>,
+        config: PoolConfig,
+    ) -> Self {
         let inner = Arc::new(Inner {
             topology,
-            tls,
+            credentials: credentials.map(Into::into),
             config,
             routes: RwLock::new(FastMap::default()),
             channels: RwLock::new(FastMap::default()),
@@ -228,7 +237,7 @@ impl ServiceClientPool {
         if inner.closed.load(Ordering::Acquire) {
             return Err(PoolError::Closed);
         }
-        let tls = inner.tls.as_ref().ok_or(PoolError::NoTlsConfig)?;
+        let tls = inner.credentials.as_ref().ok_or(PoolError::NoTlsConfig)?;
         let current = inner.topology.version();
         {
             let routes = read(&inner.routes);
@@ -287,7 +296,7 @@ impl ServiceClientPool {
     /// channels, as of topology version `current`.
     fn resolve(
         &self,
-        tls: &TlsConfig,
+        tls: &Credentials,
         name: &str,
         version: &str,
         current: u64,
@@ -310,7 +319,7 @@ impl ServiceClientPool {
 
     /// The provider entry of `node`: its channel, made (or replaced, when the
     /// provider moved) if needed.
-    fn provider(&self, tls: &TlsConfig, node: &NodeInfo) -> Result<Arc<Provider>, PoolError> {
+    fn provider(&self, tls: &Credentials, node: &NodeInfo) -> Result<Arc<Provider>, PoolError> {
         if let Some(p) = read(&self.inner.channels).get(&node.id)
             && p.address == node.address
         {

@@ -133,7 +133,7 @@ async fn no_providers_and_no_tls_are_named_errors() {
         pool.get_conn("echo", "v2").await,
         Err(PoolError::NoProviders { .. })
     ));
-    let no_tls = ServiceClientPool::new(f.topology.clone(), None);
+    let no_tls = ServiceClientPool::new(f.topology.clone(), None::<TlsConfig>);
     assert_eq!(
         no_tls.get_conn("echo", "v1").await.unwrap_err(),
         PoolError::NoTlsConfig

@@ -18,7 +18,9 @@ pub const CA_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Default lifetime of a generated node certificate.
 pub const NODE_VALIDITY: Duration = Duration::from_secs(90 * 24 * 3600);
 /// How far back `not_before` is set, so that peers whose clocks lag a little
-/// accept a certificate made a moment ago.
+/// accept a certificate made a moment ago: at most this, and at most a tenth
+/// of the lifetime (a certificate that lives seconds is not backdated by
+/// minutes, which would put two thirds of its span past its end).
 const CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
 
 /// A validity period.
@@ -31,12 +33,28 @@ pub struct Validity {
 }
 
 impl Validity {
-    /// From a few minutes ago (clock skew) until `lifetime` from now.
+    /// From a few minutes ago (clock skew: 5 minutes, or a tenth of
+    /// `lifetime` if less) until `lifetime` from now.
     pub fn from_now(lifetime: Duration) -> Self {
         let now = SystemTime::now();
+        let skew = CLOCK_SKEW.min(lifetime / 10);
         Self {
-            not_before: now.checked_sub(CLOCK_SKEW).unwrap_or(now),
+            not_before: now.checked_sub(skew).unwrap_or(now),
             not_after: now + lifetime,
+        }
+    }
+
+    /// A period as long as `span` (a previous certificate's `not_after -
+    /// not_before`), backdated as [`Validity::from_now`] backdates: a
+    /// renewed certificate lives as long as the one it replaces.
+    pub fn like(span: Duration) -> Self {
+        let now = SystemTime::now();
+        // from_now(l) spans l + min(CLOCK_SKEW, l / 10).
+        let skew = CLOCK_SKEW.min(span / 11);
+        let not_before = now.checked_sub(skew).unwrap_or(now);
+        Self {
+            not_before,
+            not_after: not_before + span,
         }
     }
 }
@@ -116,6 +134,8 @@ impl CertAuthority {
 
     /// Loads a CA from its certificate and key (PKCS#8, or PKCS#1 RSA as the
     /// reference implementation writes). `origin` names them in errors.
+    /// `cert_pem` may be a bundle of several CAs (a rollover in progress):
+    /// the CA is the one whose public key is `key_pem`'s.
     ///
     /// # Errors
     /// [`TlsError::NotPem`] / [`TlsError::Invalid`] for unreadable input,
@@ -123,13 +143,7 @@ impl CertAuthority {
     pub fn from_pem(cert_pem: &str, key_pem: &str, origin: &str) -> Result<Self, TlsError> {
         let cert_origin = format!("{origin} (CA certificate)");
         let key_origin = format!("{origin} (CA key)");
-        let cert_der = pem::certs(cert_pem.as_bytes(), &cert_origin)?
-            .into_iter()
-            .next()
-            .ok_or_else(|| TlsError::NotPem {
-                what: "certificate",
-                origin: cert_origin.clone(),
-            })?;
+        let bundle = pem::certs(cert_pem.as_bytes(), &cert_origin)?;
         let key_der = pem::private_key(key_pem.as_bytes(), &key_origin)?;
         let pkcs8 = pem::to_pkcs8(&key_der, &key_origin)?;
         let key = KeyPair::try_from(&pkcs8).map_err(|e| TlsError::Invalid {
@@ -137,6 +151,33 @@ impl CertAuthority {
             origin: key_origin.clone(),
             reason: e.to_string(),
         })?;
+        // A bundle (during a CA rollover) holds several CAs: the one that
+        // signs is the one whose public key is this key's.
+        let spki_of = |der: &CertificateDer<'_>| {
+            x509_parser::parse_x509_certificate(der)
+                .map(|(_, c)| c.public_key().subject_public_key.data.to_vec())
+                .unwrap_or_default()
+        };
+        let Some(cert_der) = bundle
+            .iter()
+            .find(|der| spki_of(der) == key.public_key_raw())
+            .or(if bundle.len() == 1 {
+                bundle.first()
+            } else {
+                None
+            })
+            .cloned()
+        else {
+            return Err(TlsError::KeyMismatch {
+                cert: cert_origin,
+                key: key_origin,
+            });
+        };
+        let cert_pem = if bundle.len() == 1 {
+            cert_pem.to_owned()
+        } else {
+            pem::encode_cert(&cert_der)
+        };
         let info = crate::CertInfo::parse(&cert_der, &cert_origin)?;
         if !info.is_ca {
             return Err(TlsError::Invalid {
@@ -160,7 +201,7 @@ impl CertAuthority {
             reason: e.to_string(),
         })?;
         Ok(Self {
-            cert_pem: cert_pem.to_owned(),
+            cert_pem,
             cert_der,
             key_pem: key_pem.to_owned(),
             issuer,

@@ -437,7 +437,7 @@ fn check_validity(info: &CertInfo, now: SystemTime, origin: &str) -> Result<(), 
 
 /// Verifies that `chain[0]` chains to one of `cas` at `at`, for both server
 /// and client auth (a mesh node is both).
-fn verify_chain(
+pub(crate) fn verify_chain(
     chain: &[CertificateDer<'static>],
     cas: &[CertificateDer<'static>],
     at: SystemTime,

@@ -5,11 +5,15 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
 
 use aegis_id::NodeId;
+use rustls_pki_types::CertificateDer;
 
 use crate::ca::{CA_VALIDITY, NODE_VALIDITY};
-use crate::{CertAuthority, TlsConfig, TlsError, TlsOptions, Validity, load_tls_config};
+use crate::config::verify_chain;
+use crate::info::rfc3339;
+use crate::{CertAuthority, CertInfo, TlsConfig, TlsError, TlsOptions, Validity, load_tls_config};
 
 const CA_CERT: &str = "ca-cert.pem";
 const CA_KEY: &str = "ca-key.pem";
@@ -30,6 +34,30 @@ const DIR_MODE: u32 = 0o700;
 pub struct CertDir {
     root: PathBuf,
     require_ca: bool,
+    node_validity: Duration,
+    ca_validity: Duration,
+}
+
+/// Why a node certificate is due to be issued anew (see
+/// [`CertDir::renewal_due`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renewal {
+    /// It has expired.
+    Expired,
+    /// It is past the given share of its life.
+    Aging,
+    /// Another CA signs now (a rollover): it was issued by one that is
+    /// being retired.
+    NewCa,
+}
+
+/// When a certificate reaches `fraction` (0..=1) of its life.
+pub fn renewal_time(info: &CertInfo, fraction: f64) -> SystemTime {
+    let life = info
+        .not_after
+        .duration_since(info.not_before)
+        .unwrap_or_default();
+    info.not_before + life.mul_f64(fraction.clamp(0.0, 1.0))
 }
 
 /// What [`CertDir::ensure_node`] had to create.
@@ -47,6 +75,243 @@ impl CertDir {
         Self {
             root: root.into(),
             require_ca: false,
+            node_validity: NODE_VALIDITY,
+            ca_validity: CA_VALIDITY,
+        }
+    }
+
+    /// Lifetime of node certificates this directory issues for the first
+    /// time (default [`NODE_VALIDITY`], 90 days). A renewed certificate
+    /// keeps the lifetime of the one it replaces.
+    pub fn with_node_validity(mut self, lifetime: Duration) -> Self {
+        self.node_validity = lifetime;
+        self
+    }
+
+    /// Lifetime of a CA this directory creates (default [`CA_VALIDITY`],
+    /// 365 days).
+    pub fn with_ca_validity(mut self, lifetime: Duration) -> Self {
+        self.ca_validity = lifetime;
+        self
+    }
+
+    /// Whether this directory holds the CA key, so that it can issue and
+    /// renew node certificates.
+    pub fn can_issue(&self) -> bool {
+        self.ca_key_path().exists()
+    }
+
+    /// What the node certificate of `id` says.
+    ///
+    /// # Errors
+    /// The file is missing, unreadable or not a certificate.
+    pub fn node_cert_info(&self, id: &str) -> Result<CertInfo, TlsError> {
+        let id = NodeId::new(id)?;
+        let path = self.node_cert_path(&id);
+        read_cert_infos(&path, "node certificate")?
+            .into_iter()
+            .next()
+            .map(|(info, _)| info)
+            .ok_or(TlsError::Missing {
+                what: "node certificate",
+                path,
+            })
+    }
+
+    /// The CAs of `ca-cert.pem` (several during a rollover), each with its
+    /// DER.
+    ///
+    /// # Errors
+    /// The file is missing, unreadable or holds no certificate.
+    pub fn ca_bundle(&self) -> Result<Vec<(CertInfo, CertificateDer<'static>)>, TlsError> {
+        read_cert_infos(&self.ca_cert_path(), "CA certificate")
+    }
+
+    /// The CA that signs here: the one of the bundle whose key is
+    /// `ca-key.pem`; `None` without a CA key.
+    ///
+    /// # Errors
+    /// Unreadable files, or a key that belongs to none of the bundle's CAs.
+    pub fn signing_ca(&self) -> Result<Option<CertInfo>, TlsError> {
+        match self.load_ca()? {
+            Some(Some(ca)) => CertInfo::from_der(ca.cert_der()).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// Whether the certificate of `id` is due to be issued anew: expired,
+    /// past `fraction` of its life, or (when this directory can issue) not
+    /// signed by the CA that signs now. `None` when it is fine.
+    ///
+    /// # Errors
+    /// Unreadable or invalid files.
+    pub fn renewal_due(&self, id: &str, fraction: f64) -> Result<Option<Renewal>, TlsError> {
+        let info = self.node_cert_info(id)?;
+        let now = SystemTime::now();
+        if now > info.not_after {
+            return Ok(Some(Renewal::Expired));
+        }
+        if now >= renewal_time(&info, fraction) {
+            return Ok(Some(Renewal::Aging));
+        }
+        if let Some(Some(ca)) = self.load_ca()? {
+            let path = self.node_cert_path(&NodeId::new(id)?);
+            let chain = read_certs(&path, "node certificate")?;
+            if verify_chain(&chain, std::slice::from_ref(ca.cert_der()), now).is_err() {
+                return Ok(Some(Renewal::NewCa));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Issues the certificate of `id` anew, now: for its existing key, from
+    /// the CA that signs here, as long-lived as the certificate it replaces
+    /// (or [`CertDir::with_node_validity`] if that one is unreadable), and
+    /// written atomically. Running nodes that watch the directory pick it
+    /// up.
+    ///
+    /// # Errors
+    /// No CA key here, no key for `id`, or I/O errors naming the path.
+    pub fn renew_node(&self, id: &str) -> Result<CertInfo, TlsError> {
+        let id = NodeId::new(id)?;
+        let _lock = self.lock()?;
+        let ca = self.issuing_ca()?;
+        let key_path = self.node_key_path(&id);
+        let cert_path = self.node_cert_path(&id);
+        let key_pem =
+            read_text(&key_path, "node private key")?.ok_or_else(|| TlsError::Missing {
+                what: "node private key (a certificate is renewed for its existing key)",
+                path: key_path.clone(),
+            })?;
+        let validity = match self.node_cert_info(id.as_str()) {
+            Ok(old) => Validity::like(
+                old.not_after
+                    .duration_since(old.not_before)
+                    .unwrap_or(self.node_validity),
+            ),
+            Err(_) => Validity::from_now(self.node_validity),
+        };
+        let origin = key_path.display().to_string();
+        let issued = ca.issue_for_key(&id, &key_pem, &origin, validity)?;
+        write_atomic(&cert_path, issued.cert_pem.as_bytes(), CERT_MODE)?;
+        let info = CertInfo::from_der(&issued.cert_der)?;
+        tracing::info!(node_id = %id, serial = %info.serial_hex(), not_after = %rfc3339(info.not_after), "renewed the node certificate");
+        Ok(info)
+    }
+
+    /// Starts a CA rollover: generates a new CA, makes `ca-cert.pem` the
+    /// bundle of the old CA(s) and the new one (so every node trusts both),
+    /// then makes the new key `ca-key.pem`, so that certificates issued from
+    /// now on come from the new CA. Returns the new CA.
+    ///
+    /// Finish with [`CertDir::finish_ca_rotation`] once every node
+    /// certificate has been issued by the new CA.
+    ///
+    /// # Errors
+    /// No CA here yet, a rollover already in progress (the bundle holds
+    /// several CAs), or I/O errors naming the path.
+    pub fn rotate_ca(&self) -> Result<CertInfo, TlsError> {
+        let _lock = self.lock()?;
+        let bundle = self.ca_bundle()?;
+        if bundle.len() > 1 {
+            return Err(TlsError::Inconsistent {
+                path: self.ca_cert_path(),
+                reason: format!(
+                    "it already holds {} CAs: a rollover is in progress; finish it first",
+                    bundle.len()
+                ),
+            });
+        }
+        let ca = CertAuthority::generate(Validity::from_now(self.ca_validity))?;
+        let mut text = String::new();
+        for (_, der) in &bundle {
+            text.push_str(&crate::pem::encode_cert(der));
+        }
+        text.push_str(ca.cert_pem());
+        // Trust first, then the key: a node that reads between the two
+        // writes still finds the key's certificate in the bundle.
+        write_atomic(&self.ca_cert_path(), text.as_bytes(), CERT_MODE)?;
+        write_atomic(&self.ca_key_path(), ca.key_pem().as_bytes(), KEY_MODE)?;
+        let info = CertInfo::from_der(ca.cert_der())?;
+        tracing::warn!(dir = %self.root.display(), ca = %info.common_name.as_deref().unwrap_or("?"), "CA rollover started: ca-cert.pem holds the old and the new CA; node certificates are issued by the new one from now on");
+        Ok(info)
+    }
+
+    /// Ends a CA rollover: drops from `ca-cert.pem` every CA but the one
+    /// that signs. Refuses while a node certificate of this directory
+    /// still comes from a CA being dropped (nodes holding it could no
+    /// longer connect), unless `force`. Returns the CAs dropped (none when
+    /// no rollover was in progress).
+    ///
+    /// # Errors
+    /// No CA key here, node certificates not yet renewed (each named), or
+    /// I/O errors.
+    pub fn finish_ca_rotation(&self, force: bool) -> Result<Vec<CertInfo>, TlsError> {
+        let _lock = self.lock()?;
+        let ca = self.issuing_ca()?;
+        let bundle = self.ca_bundle()?;
+        if bundle.len() <= 1 {
+            return Ok(Vec::new());
+        }
+        let now = SystemTime::now();
+        let stale: Vec<String> = self
+            .node_ids()
+            .into_iter()
+            .filter(|id| {
+                let path = self.node_cert_path_unchecked(id);
+                read_certs(&path, "node certificate").is_ok_and(|chain| {
+                    verify_chain(&chain, std::slice::from_ref(ca.cert_der()), now).is_err()
+                })
+            })
+            .collect();
+        if !stale.is_empty() && !force {
+            return Err(TlsError::Inconsistent {
+                path: self.root.clone(),
+                reason: format!(
+                    "the certificates of {} are not from the new CA yet; wait for their nodes to renew them, or renew them now (aegis certs renew --dir {} {})",
+                    stale.join(", "),
+                    self.root.display(),
+                    stale.join(" ")
+                ),
+            });
+        }
+        let signing = ca.cert_der().clone();
+        let dropped: Vec<CertInfo> = bundle
+            .into_iter()
+            .filter(|(_, der)| *der != signing)
+            .map(|(info, _)| info)
+            .collect();
+        write_atomic(&self.ca_cert_path(), ca.cert_pem().as_bytes(), CERT_MODE)?;
+        tracing::warn!(dir = %self.root.display(), dropped = dropped.len(), "CA rollover finished: ca-cert.pem holds only the CA that signs");
+        Ok(dropped)
+    }
+
+    /// The IDs of the node certificates in this directory.
+    pub fn node_ids(&self) -> Vec<String> {
+        let Ok(entries) = fs::read_dir(&self.root) else {
+            return Vec::new();
+        };
+        let mut ids: Vec<String> = entries
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter_map(|name| name.strip_suffix("-cert.pem").map(str::to_owned))
+            .filter(|id| id != "ca" && NodeId::new(id).is_ok())
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// The CA with its key, or an error naming the missing key.
+    fn issuing_ca(&self) -> Result<CertAuthority, TlsError> {
+        match self.load_ca()? {
+            Some(Some(ca)) => Ok(ca),
+            Some(None) => Err(TlsError::Missing {
+                what: "CA private key (needed to issue a node certificate)",
+                path: self.ca_key_path(),
+            }),
+            None => Err(TlsError::Missing {
+                what: "mesh CA certificate",
+                path: self.ca_cert_path(),
+            }),
         }
     }
 
@@ -108,12 +373,7 @@ impl CertDir {
         let Ok(info) = crate::CertInfo::from_der(&der) else {
             return false;
         };
-        let life = info
-            .not_after
-            .duration_since(info.not_before)
-            .unwrap_or_default();
-        let renew_at = info.not_before + life * 2 / 3;
-        std::time::SystemTime::now() >= renew_at
+        SystemTime::now() >= renewal_time(&info, 2.0 / 3.0)
     }
 
     /// `ca-cert.pem`.
@@ -195,12 +455,12 @@ impl CertDir {
                 if let Some(ca) = &ca {
                     let origin = key_path.display().to_string();
                     let key_pem = read_text(&key_path, "node private key")?.unwrap_or_default();
-                    let issued = ca.issue_for_key(
-                        &id,
-                        &key_pem,
-                        &origin,
-                        Validity::from_now(NODE_VALIDITY),
-                    )?;
+                    let span = self
+                        .node_cert_info(id.as_str())
+                        .ok()
+                        .and_then(|old| old.not_after.duration_since(old.not_before).ok())
+                        .unwrap_or(self.node_validity);
+                    let issued = ca.issue_for_key(&id, &key_pem, &origin, Validity::like(span))?;
                     write_atomic(&cert_path, issued.cert_pem.as_bytes(), CERT_MODE)?;
                     created.node = true;
                     tracing::info!(node_id = %id, dir = %self.root.display(), "renewed the node certificate (it was expired or past two thirds of its life)");
@@ -226,7 +486,7 @@ impl CertDir {
                     what: "CA private key (needed to issue a node certificate)",
                     path: self.ca_key_path(),
                 })?;
-                let validity = Validity::from_now(NODE_VALIDITY);
+                let validity = Validity::from_now(self.node_validity);
                 if key_exists {
                     // The key stays as it is: the certificate is issued for it.
                     let origin = key_path.display().to_string();
@@ -275,7 +535,7 @@ impl CertDir {
     }
 
     fn generate_ca(&self) -> Result<Option<CertAuthority>, TlsError> {
-        let ca = CertAuthority::generate(Validity::from_now(CA_VALIDITY))?;
+        let ca = CertAuthority::generate(Validity::from_now(self.ca_validity))?;
         write_atomic(&self.ca_key_path(), ca.key_pem().as_bytes(), KEY_MODE)?;
         write_atomic(&self.ca_cert_path(), ca.cert_pem().as_bytes(), CERT_MODE)?;
         tracing::warn!(
@@ -336,6 +596,27 @@ pub fn load_or_generate_tls(
     let dir = CertDir::new(cert_dir.as_ref());
     dir.ensure_node(node_id)?;
     load_tls_config(&TlsOptions::from_cert_dir(cert_dir, node_id))
+}
+
+/// The certificates of a PEM file.
+fn read_certs(path: &Path, what: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let text = read_text(path, what)?.ok_or_else(|| TlsError::Missing {
+        what,
+        path: path.to_owned(),
+    })?;
+    crate::pem::certs(text.as_bytes(), &path.display().to_string())
+}
+
+/// The certificates of a PEM file, each parsed.
+fn read_cert_infos(
+    path: &Path,
+    what: &'static str,
+) -> Result<Vec<(CertInfo, CertificateDer<'static>)>, TlsError> {
+    let origin = path.display().to_string();
+    read_certs(path, what)?
+        .into_iter()
+        .map(|der| CertInfo::parse(&der, &origin).map(|info| (info, der)))
+        .collect()
 }
 
 /// Reads a text file; `None` if it does not exist.

@@ -35,7 +35,7 @@ pub use config::{
     CertificateSource, DEFAULT_CA_ENV, DEFAULT_CERT_ENV, DEFAULT_KEY_ENV, TlsConfig, TlsOptions,
     load_tls_config, server_name,
 };
-pub use dir::{CertDir, Created, load_or_generate_tls};
+pub use dir::{CertDir, Created, Renewal, load_or_generate_tls, renewal_time};
 pub use error::TlsError;
 pub use info::CertInfo;
 

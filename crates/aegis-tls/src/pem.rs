@@ -39,6 +39,32 @@ pub(crate) fn private_key(pem: &[u8], origin: &str) -> Result<PrivateKeyDer<'sta
     })
 }
 
+/// A certificate as PEM text (base64 in lines of 64, as openssl writes).
+pub(crate) fn encode_cert(der: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut b64 = String::with_capacity(der.len().div_ceil(3) * 4);
+    for chunk in der.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                b64.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
+            } else {
+                b64.push('=');
+            }
+        }
+    }
+    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(line));
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    out
+}
+
 /// The key as PKCS#8, which is what `ring` signs with. PKCS#1 RSA keys are
 /// wrapped; SEC1 keys are refused with advice.
 pub(crate) fn to_pkcs8(
@@ -99,6 +125,19 @@ mod tests {
         der_len(&mut v, 0x80);
         der_len(&mut v, 0x1234);
         assert_eq!(v, [5, 0x81, 0x80, 0x82, 0x12, 0x34]);
+    }
+
+    #[test]
+    fn encoded_certificates_read_back() {
+        for len in [0usize, 1, 2, 3, 4, 47, 48, 49, 200] {
+            let der: Vec<u8> = (0..len).map(|i| (i * 37 % 256) as u8).collect();
+            let text = encode_cert(&der);
+            if len == 0 {
+                continue;
+            }
+            let back = certs(text.as_bytes(), "x").unwrap();
+            assert_eq!(back[0].as_ref(), der.as_slice(), "{len} bytes");
+        }
     }
 
     #[test]

@@ -416,7 +416,11 @@ fn an_expired_certificate_is_renewed_at_start_when_the_ca_key_is_there() {
     write_expired();
     assert!(dir.ensure_node("n1").unwrap().node, "renewed");
     let tls = load_or_generate_tls("n1", tmp.path()).unwrap();
-    assert!(days(tls.not_after().duration_since(SystemTime::now()).unwrap()) >= 89);
+    // Renewed as long-lived as the certificate it replaces (59 minutes).
+    let info = tls.cert_info();
+    let span = info.not_after.duration_since(info.not_before).unwrap();
+    assert!(span.as_secs().abs_diff(3540) <= 2, "{span:?}");
+    assert!(info.is_valid_at(SystemTime::now()));
     assert_eq!(
         std::fs::read_to_string(dir.node_key_path(&id)).unwrap(),
         key
@@ -430,4 +434,87 @@ fn an_expired_certificate_is_renewed_at_start_when_the_ca_key_is_there() {
         .to_string();
     assert!(err.contains("expired"), "{err}");
     assert!(err.contains("renew"), "{err}");
+}
+
+/// A certificate that lives seconds is not backdated by minutes (two thirds
+/// of its span would then lie past its end, and renewal at 2/3 of its life
+/// would come too late), and renewal keeps its lifetime and its key.
+#[test]
+fn short_lived_certificates_renew_in_time_and_keep_their_lifetime() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = CertDir::new(tmp.path()).with_node_validity(Duration::from_secs(6));
+    dir.ensure_node("n1").unwrap();
+    let first = dir.node_cert_info("n1").unwrap();
+    let span = first.not_after.duration_since(first.not_before).unwrap();
+    assert!(span <= Duration::from_secs(8), "{span:?}");
+    let renew_at = aegis_tls::renewal_time(&first, 2.0 / 3.0);
+    assert!(renew_at < first.not_after - Duration::from_secs(1));
+    assert_eq!(dir.renewal_due("n1", 2.0 / 3.0).unwrap(), None);
+
+    let key = std::fs::read_to_string(tmp.path().join("n1-key.pem")).unwrap();
+    let renewed = dir.renew_node("n1").unwrap();
+    assert_ne!(renewed.serial, first.serial);
+    let new_span = renewed
+        .not_after
+        .duration_since(renewed.not_before)
+        .unwrap();
+    assert!(
+        new_span.as_secs().abs_diff(span.as_secs()) <= 1,
+        "{new_span:?} vs {span:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(tmp.path().join("n1-key.pem")).unwrap(),
+        key
+    );
+    load_or_generate_tls("n1", tmp.path()).unwrap();
+}
+
+/// A CA rollover: the bundle trusts both CAs, the new one signs, a node
+/// certificate from the old CA is due ("NewCa"), finishing refuses while
+/// one is left and names it, and succeeds once all are renewed.
+#[test]
+fn a_ca_rollover_runs_in_steps_and_refuses_to_strand_a_node() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = CertDir::new(tmp.path());
+    dir.ensure_node("n1").unwrap();
+    dir.ensure_node("n2").unwrap();
+    let old = dir.signing_ca().unwrap().unwrap();
+    assert!(
+        dir.finish_ca_rotation(false).unwrap().is_empty(),
+        "nothing to finish"
+    );
+
+    let new = dir.rotate_ca().unwrap();
+    assert_ne!(new.fingerprint_sha256, old.fingerprint_sha256);
+    let bundle = dir.ca_bundle().unwrap();
+    assert_eq!(bundle.len(), 2);
+    assert_eq!(
+        dir.signing_ca().unwrap().unwrap().fingerprint_sha256,
+        new.fingerprint_sha256
+    );
+    // Old certificates still load against the bundle: nothing breaks yet.
+    load_tls_config(&aegis_tls::TlsOptions::from_cert_dir(tmp.path(), "n1")).unwrap();
+    assert_eq!(
+        dir.renewal_due("n1", 2.0 / 3.0).unwrap(),
+        Some(aegis_tls::Renewal::NewCa)
+    );
+    let again = dir.rotate_ca().unwrap_err().to_string();
+    assert!(again.contains("rollover is in progress"), "{again}");
+
+    dir.renew_node("n1").unwrap();
+    let refused = dir.finish_ca_rotation(false).unwrap_err().to_string();
+    assert!(
+        refused.contains("n2") && !refused.contains("n1,"),
+        "{refused}"
+    );
+    dir.renew_node("n2").unwrap();
+    let dropped = dir.finish_ca_rotation(false).unwrap();
+    assert_eq!(dropped.len(), 1);
+    assert_eq!(dropped[0].fingerprint_sha256, old.fingerprint_sha256);
+    assert_eq!(dir.ca_bundle().unwrap().len(), 1);
+    for id in ["n1", "n2"] {
+        let tls = load_or_generate_tls(id, tmp.path()).unwrap();
+        assert_eq!(tls.ca_certs().len(), 1);
+        assert_eq!(dir.renewal_due(id, 2.0 / 3.0).unwrap(), None);
+    }
 }

@@ -21,6 +21,9 @@ pub enum Error {
     /// A peer or server operation failed.
     #[error(transparent)]
     Peer(#[from] aegis_peer::PeerError),
+    /// The transport failed (a server that stopped with an error, say).
+    #[error(transparent)]
+    Transport(#[from] aegis_peer::transport::TransportError),
     /// A topology operation failed.
     #[error(transparent)]
     Topology(#[from] aegis_topology::TopologyError),

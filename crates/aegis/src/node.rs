@@ -5,13 +5,14 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use aegis_peer::transport::{Credentials, CredentialsWatcher, RenewalConfig};
 use aegis_peer::{
     Health, HealthChecker, HealthInfo, HealthResponse, HealthStatus, MeshServer, MeshServerConfig,
     NodeInfoResponse, Peer, PeerConfig, PeerInfo, PeerManager, PingResponse, Registrar,
     ServerHandle, SharedLiveness, SyncReport,
 };
 use aegis_pool::ServiceClientPool;
-use aegis_tls::{TlsConfig, TlsOptions};
+use aegis_tls::{CertInfo, TlsConfig, TlsOptions};
 use aegis_topology::{NodeId, NodeInfo, NodeType, ServiceInfo, Topology, TopologyConfig};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -40,6 +41,7 @@ pub struct NodeBuilder {
     require_ca: bool,
     cert_dir: PathBuf,
     tls_options: Option<TlsOptions>,
+    renewal: RenewalConfig,
     mesh: MeshConfig,
     peer_config: PeerConfig,
     server_config: MeshServerConfig,
@@ -80,6 +82,7 @@ impl NodeBuilder {
             require_ca: false,
             cert_dir: PathBuf::from("./certs"),
             tls_options: None,
+            renewal: RenewalConfig::default(),
             mesh: MeshConfig::default(),
             peer_config: PeerConfig::default(),
             server_config: MeshServerConfig::default(),
@@ -232,8 +235,19 @@ impl NodeBuilder {
     }
 
     /// Loads TLS from these options instead of the certificate directory.
+    /// Files given this way are watched like the directory's: replaced
+    /// files are loaded without a restart (the node renews nothing itself).
     pub fn with_tls_options(mut self, options: TlsOptions) -> Self {
         self.tls_options = Some(options);
+        self
+    }
+
+    /// When the running node renews its certificate and reloads changed
+    /// files (see [`RenewalConfig`]; defaults: files looked at every second,
+    /// renewal at 2/3 of the certificate's life when the certificate
+    /// directory holds the CA key, a warning at 80 % when it does not).
+    pub fn with_renewal(mut self, renewal: RenewalConfig) -> Self {
+        self.renewal = renewal;
         self
     }
 
@@ -345,12 +359,11 @@ impl NodeBuilder {
             .with_services(self.services.clone());
         let limits = aegis_topology::Limits::default();
         limits.check(&own)?;
+        let cert_dir = aegis_tls::CertDir::new(&self.cert_dir).require_existing_ca(self.require_ca);
         let tls = match &self.tls_options {
             Some(opts) => aegis_tls::load_tls_config(opts)?,
             None => {
-                aegis_tls::CertDir::new(&self.cert_dir)
-                    .require_existing_ca(self.require_ca)
-                    .ensure_node(id.as_str())?;
+                cert_dir.ensure_node(id.as_str())?;
                 aegis_tls::load_tls_config(&TlsOptions::from_cert_dir(&self.cert_dir, id.as_str()))?
             }
         };
@@ -380,7 +393,13 @@ impl NodeBuilder {
             id.clone(),
             self.mesh.liveness(),
         )));
-        let mut peers = PeerManager::new(id.clone(), Some(tls.clone()), topology.clone())
+        let credentials = Credentials::new(tls);
+        let watcher = match self.tls_options {
+            Some(opts) => CredentialsWatcher::new(credentials.clone(), opts),
+            None => CredentialsWatcher::for_cert_dir(credentials.clone(), cert_dir),
+        }
+        .with_config(self.renewal);
+        let mut peers = PeerManager::new(id.clone(), Some(&credentials), topology.clone())
             .with_config(self.peer_config);
         if self.mesh.enabled {
             peers = peers.with_liveness(Arc::clone(&liveness));
@@ -392,7 +411,8 @@ impl NodeBuilder {
                 name,
                 node_type: self.node_type,
                 services: self.services,
-                tls,
+                credentials,
+                watcher: std::sync::Mutex::new(Some(watcher)),
                 topology,
                 health: Health::new(),
                 peers,
@@ -421,11 +441,16 @@ struct Running {
     mesh: Option<JoinHandle<()>>,
     seeds: Vec<JoinHandle<()>>,
     admin: Option<(SocketAddr, JoinHandle<()>)>,
+    /// Renews and reloads the certificate while the node runs.
+    watcher: Option<JoinHandle<()>>,
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
+        if let Some(task) = self.watcher.take() {
+            task.abort();
+        }
         if let Some(task) = self.mesh.take() {
             task.abort();
         }
@@ -443,7 +468,9 @@ pub(crate) struct NodeInner {
     name: String,
     node_type: NodeType,
     services: Vec<ServiceInfo>,
-    tls: TlsConfig,
+    credentials: Credentials,
+    /// Taken when the node starts.
+    watcher: std::sync::Mutex<Option<CredentialsWatcher>>,
     topology: Topology,
     health: Health,
     peers: Arc<PeerManager>,
@@ -480,15 +507,16 @@ impl NodeInner {
     }
 
     async fn join(&self, address: &str) -> Result<NodeId, Error> {
-        let id = aegis_peer::transport::identify(&self.tls, address, Duration::from_secs(3))
-            .await
-            .map_err(|e| match e {
-                aegis_peer::PeerError::InvalidAddress { reason, .. } => Error::InvalidField {
-                    field: "seed",
-                    reason: format!("{address:?}: {reason}"),
-                },
-                other => Error::Peer(other),
-            })?;
+        let id =
+            aegis_peer::transport::identify(&self.credentials, address, Duration::from_secs(3))
+                .await
+                .map_err(|e| match aegis_peer::PeerError::from(e) {
+                    aegis_peer::PeerError::InvalidAddress { reason, .. } => Error::InvalidField {
+                        field: "seed",
+                        reason: format!("{address:?}: {reason}"),
+                    },
+                    other => Error::Peer(other),
+                })?;
         if id == self.id {
             return Err(Error::InvalidField {
                 field: "seed",
@@ -588,7 +616,7 @@ impl Node {
         let (handle, bound) = if serve {
             let configured = self.inner.bind.clone();
             let mut server = MeshServer::new(
-                self.inner.tls.clone(),
+                &self.inner.credentials,
                 self.inner.topology.clone(),
                 self.inner.health.clone(),
             )
@@ -668,11 +696,19 @@ impl Node {
         let admin = None;
         let not_after = self
             .inner
-            .tls
-            .not_after()
+            .credentials
+            .cert_info()
+            .not_after
             .duration_since(UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
         metrics::gauge!("aegis_tls_cert_not_after_seconds").set(not_after);
+        let watcher = self
+            .inner
+            .watcher
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+            .map(CredentialsWatcher::spawn);
         self.set_health(HealthStatus::Healthy, "serving", None);
         for name in &self.inner.grpc_services {
             if self.inner.health.service(name).is_none() {
@@ -691,6 +727,7 @@ impl Node {
             mesh,
             seeds,
             admin,
+            watcher,
         });
         Ok(bound)
     }
@@ -1013,9 +1050,22 @@ impl Node {
         &self.inner.topology
     }
 
-    /// The node's TLS identity.
-    pub fn tls_config(&self) -> &TlsConfig {
-        &self.inner.tls
+    /// The node's TLS identity as it is now (it changes when the
+    /// certificate is renewed or its files are replaced).
+    pub fn tls_config(&self) -> TlsConfig {
+        self.inner.credentials.current()
+    }
+
+    /// The node's credentials: what every new connection, in or out, uses.
+    /// Subscribe to see renewals; [`Credentials::replace`] publishes new
+    /// ones by hand.
+    pub fn credentials(&self) -> &Credentials {
+        &self.inner.credentials
+    }
+
+    /// What the node's current certificate says (serial, `not_after`, ...).
+    pub fn certificate(&self) -> CertInfo {
+        self.inner.credentials.cert_info()
     }
 
     /// The node's client pool (one per node, made on first use).
@@ -1023,7 +1073,7 @@ impl Node {
         self.inner
             .pool
             .get_or_init(|| {
-                ServiceClientPool::new(self.inner.topology.clone(), Some(self.inner.tls.clone()))
+                ServiceClientPool::new(self.inner.topology.clone(), Some(&self.inner.credentials))
             })
             .clone()
     }

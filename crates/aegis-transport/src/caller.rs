@@ -84,11 +84,10 @@ pub struct MeshConnectInfo {
 /// connection.
 ///
 /// ```no_run
-/// # use aegis_peer::proto::testing::{WhoAmIRequest, WhoAmIResponse};
-/// async fn who_am_i(req: tonic::Request<WhoAmIRequest>) -> Result<tonic::Response<WhoAmIResponse>, tonic::Status> {
-///     let caller = aegis_peer::caller_from_request(&req)
+/// async fn who_am_i(req: tonic::Request<()>) -> Result<tonic::Response<String>, tonic::Status> {
+///     let caller = aegis_transport::caller_from_request(&req)
 ///         .map_err(|e| tonic::Status::unauthenticated(e.to_string()))?;
-///     Ok(tonic::Response::new(WhoAmIResponse { caller_id: caller.node_id.to_string() }))
+///     Ok(tonic::Response::new(caller.node_id.to_string()))
 /// }
 /// ```
 ///
@@ -117,7 +116,7 @@ pub fn caller_from_request<T>(req: &Request<T>) -> Result<Arc<Caller>, CallerErr
 ///
 /// # Panics
 /// When the request did not come over a mutual-TLS connection of a mesh
-/// server. Use it only in handlers served by [`crate::MeshServer`], where
+/// server. Use it only in handlers served by a mesh server ([`crate::serve_routes`]), where
 /// every connection has a verified client certificate.
 pub fn must_caller_from_request<T>(req: &Request<T>) -> Arc<Caller> {
     match caller_from_request(req) {

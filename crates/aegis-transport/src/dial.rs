@@ -1,22 +1,17 @@
-//! Mutual-TLS transport for tonic: a dialling connector that checks the
-//! peer's node ID, and the server's stream type that carries the caller.
+//! Dialling: a tonic connector that checks the peer's node ID and takes
+//! the node's current credentials for every new connection.
 
 use std::io;
-use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use aegis_tls::{NodeId, TlsConfig};
+use aegis_tls::{CertInfo, NodeId};
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio_rustls::{TlsConnector, rustls, server::TlsStream};
+use tokio_rustls::{TlsConnector, rustls};
 use tonic::transport::{Channel, Endpoint};
 
-use crate::PeerError;
-use crate::caller::{Caller, CallerError, MeshConnectInfo};
+use crate::{Credentials, TransportError};
 
 /// How channels to other nodes behave.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,9 +37,9 @@ impl Default for ChannelOptions {
 /// Checks that `address` is `host:port` with a numeric port.
 ///
 /// # Errors
-/// [`PeerError::InvalidAddress`] saying what is wrong.
-pub fn check_address(address: &str) -> Result<(), PeerError> {
-    let invalid = |reason: &str| PeerError::InvalidAddress {
+/// [`TransportError::InvalidAddress`] saying what is wrong.
+pub fn check_address(address: &str) -> Result<(), TransportError> {
+    let invalid = |reason: &str| TransportError::InvalidAddress {
         address: address.to_owned(),
         reason: reason.to_owned(),
     };
@@ -84,17 +79,22 @@ pub type ConnectObserver = Arc<dyn Fn(ConnectEvent<'_>) + Send + Sync>;
 /// names `node_id` (not the host of `address`: every node certificate names
 /// `localhost`, so checking the host would accept any node as any other).
 ///
+/// Each connection the channel makes (the first, and every reconnection)
+/// presents the certificate `credentials` hold at that moment and trusts
+/// the CAs they trust then, so a renewed certificate or a new CA bundle is
+/// used without making a new channel.
+///
 /// Must be called inside a Tokio runtime.
 ///
 /// # Errors
-/// [`PeerError::InvalidAddress`] for an address that is not `host:port`.
+/// [`TransportError::InvalidAddress`] for an address that is not `host:port`.
 pub fn mtls_channel(
-    tls: &TlsConfig,
+    credentials: impl Into<Credentials>,
     node_id: &NodeId,
     address: &str,
     opts: &ChannelOptions,
-) -> Result<Channel, PeerError> {
-    mtls_channel_observed(tls, node_id, address, opts, None)
+) -> Result<Channel, TransportError> {
+    mtls_channel_observed(credentials, node_id, address, opts, None)
 }
 
 /// [`mtls_channel`], telling `observer` how each connection attempt went.
@@ -102,20 +102,20 @@ pub fn mtls_channel(
 /// # Errors
 /// As [`mtls_channel`].
 pub fn mtls_channel_observed(
-    tls: &TlsConfig,
+    credentials: impl Into<Credentials>,
     node_id: &NodeId,
     address: &str,
     opts: &ChannelOptions,
     observer: Option<ConnectObserver>,
-) -> Result<Channel, PeerError> {
+) -> Result<Channel, TransportError> {
     check_address(address)?;
     let server_name =
-        aegis_tls::server_name(node_id.as_str()).map_err(|e| PeerError::InvalidAddress {
+        aegis_tls::server_name(node_id.as_str()).map_err(|e| TransportError::InvalidAddress {
             address: address.to_owned(),
             reason: e.to_string(),
         })?;
     let endpoint = Endpoint::from_shared(format!("http://{address}"))
-        .map_err(|e| PeerError::InvalidAddress {
+        .map_err(|e| TransportError::InvalidAddress {
             address: address.to_owned(),
             reason: e.to_string(),
         })?
@@ -123,12 +123,12 @@ pub fn mtls_channel_observed(
         .http2_keep_alive_interval(opts.keep_alive_interval)
         .keep_alive_timeout(opts.keep_alive_timeout)
         .keep_alive_while_idle(false);
-    let connector = TlsConnector::from(tls.client_config());
+    let credentials: Credentials = credentials.into();
     let address = Arc::<str>::from(address);
     let peer = node_id.clone();
     let connect = tower::service_fn(move |_uri: http::Uri| {
         let (connector, server_name, address, peer, observer) = (
-            connector.clone(),
+            TlsConnector::from(credentials.client_config()),
             server_name.clone(),
             Arc::clone(&address),
             peer.clone(),
@@ -168,7 +168,7 @@ pub fn mtls_channel_observed(
 /// CA. CAs generated before they had subjects of their own share one, so
 /// another mesh's CA shows up as a bad signature as often as as an unknown
 /// issuer.
-fn from_another_ca(e: &io::Error) -> bool {
+pub fn from_another_ca(e: &io::Error) -> bool {
     let text = e.to_string();
     text.contains("UnknownIssuer") || text.contains("BadSignature")
 }
@@ -190,7 +190,7 @@ impl rustls::client::danger::ServerCertVerifier for AnyMeshNode {
         ocsp_response: &[u8],
         now: rustls::pki_types::UnixTime,
     ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        let id = aegis_tls::CertInfo::from_der(end_entity)
+        let id = CertInfo::from_der(end_entity)
             .ok()
             .and_then(|info| info.common_name)
             .and_then(|cn| NodeId::new(&cn).ok())
@@ -232,20 +232,42 @@ impl rustls::client::danger::ServerCertVerifier for AnyMeshNode {
 /// address; every later connection to it checks that ID as usual.
 ///
 /// # Errors
-/// [`PeerError::InvalidAddress`] for an address that is not `host:port`;
-/// [`PeerError::Seed`] naming the address and what to check when nothing
-/// answers there, it does not speak TLS, or its certificate is not from
-/// this mesh's CA.
+/// [`TransportError::InvalidAddress`] for an address that is not
+/// `host:port`; [`TransportError::Seed`] naming the address and what to
+/// check when nothing answers there, it does not speak TLS, or its
+/// certificate is not from this mesh's CA.
 pub async fn identify(
-    tls: &TlsConfig,
+    credentials: impl Into<Credentials>,
     address: &str,
     timeout: Duration,
-) -> Result<NodeId, PeerError> {
+) -> Result<NodeId, TransportError> {
+    let info = peer_certificate(credentials, address, timeout).await?;
+    info.common_name
+        .and_then(|cn| NodeId::new(&cn).ok())
+        .ok_or_else(|| TransportError::Seed {
+            address: address.to_owned(),
+            reason: "its certificate names no node ID".into(),
+        })
+}
+
+/// The certificate the node at `address` presents to a new connection now
+/// (serial, validity, fingerprint), after a full mutual-TLS handshake that
+/// accepts any node of the mesh. Operators and tests use it to see which
+/// certificate a running node serves.
+///
+/// # Errors
+/// As [`identify`].
+pub async fn peer_certificate(
+    credentials: impl Into<Credentials>,
+    address: &str,
+    timeout: Duration,
+) -> Result<CertInfo, TransportError> {
     check_address(address)?;
-    let seed = |reason: String| PeerError::Seed {
+    let seed = |reason: String| TransportError::Seed {
         address: address.to_owned(),
         reason,
     };
+    let tls = credentials.into().current();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
         tls.root_store(),
@@ -282,151 +304,12 @@ pub async fn identify(
         let (_, conn) = stream.get_ref();
         conn.peer_certificates()
             .and_then(|c| c.first())
-            .and_then(|der| aegis_tls::CertInfo::from_der(der).ok())
-            .and_then(|info| info.common_name)
-            .and_then(|cn| NodeId::new(&cn).ok())
-            .ok_or_else(|| seed("its certificate names no node ID".into()))
+            .and_then(|der| CertInfo::from_der(der).ok())
+            .ok_or_else(|| seed("it presented no readable certificate".into()))
     };
     tokio::time::timeout(timeout, handshake)
         .await
         .map_err(|_| seed(format!("no TLS handshake within {timeout:?}")))?
-}
-
-/// The server's open connections, so that a stop whose grace period runs
-/// out can close them: tonic runs each connection in its own task, which
-/// stopping the server does not end.
-#[derive(Default)]
-pub(crate) struct Connections {
-    next: std::sync::atomic::AtomicU64,
-    open: std::sync::Mutex<std::collections::HashMap<u64, std::net::TcpStream>>,
-}
-
-impl Connections {
-    /// Registers a connection by a duplicate of its socket.
-    fn track(self: &Arc<Self>, tcp: &TcpStream) -> Option<Tracked> {
-        use std::os::fd::AsFd;
-        let dup = tcp.as_fd().try_clone_to_owned().ok()?;
-        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.lock().insert(id, std::net::TcpStream::from(dup));
-        Some(Tracked {
-            id,
-            connections: Arc::clone(self),
-        })
-    }
-
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, std::net::TcpStream>> {
-        self.open
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Shuts every open connection down; their tasks see end-of-stream and end.
-    pub(crate) fn close_all(&self) -> usize {
-        let open = std::mem::take(&mut *self.lock());
-        for tcp in open.values() {
-            let _ = tcp.shutdown(std::net::Shutdown::Both);
-        }
-        open.len()
-    }
-
-    /// How many connections are open.
-    pub(crate) fn count(&self) -> usize {
-        self.lock().len()
-    }
-}
-
-/// Removes its connection from [`Connections`] when the stream is dropped.
-struct Tracked {
-    id: u64,
-    connections: Arc<Connections>,
-}
-
-impl Drop for Tracked {
-    fn drop(&mut self) {
-        self.connections.lock().remove(&self.id);
-    }
-}
-
-/// A server-side mutual-TLS connection with the caller parsed once.
-pub(crate) struct MeshStream {
-    inner: TlsStream<TcpStream>,
-    info: MeshConnectInfo,
-    _tracked: Option<Tracked>,
-}
-
-impl MeshStream {
-    pub(crate) fn new(
-        inner: TlsStream<TcpStream>,
-        remote_addr: Option<SocketAddr>,
-        connections: &Arc<Connections>,
-    ) -> Self {
-        let caller = match inner.get_ref().1.peer_certificates() {
-            Some(chain) if !chain.is_empty() => Caller::from_chain(chain).map(Arc::new),
-            _ => Err(CallerError::NoCertificate),
-        };
-        let tracked = connections.track(inner.get_ref().0);
-        Self {
-            inner,
-            info: MeshConnectInfo {
-                remote_addr,
-                caller,
-            },
-            _tracked: tracked,
-        }
-    }
-
-    pub(crate) fn caller_id(&self) -> Option<&NodeId> {
-        self.info.caller.as_ref().ok().map(|c| &c.node_id)
-    }
-}
-
-impl tonic::transport::server::Connected for MeshStream {
-    type ConnectInfo = MeshConnectInfo;
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.info.clone()
-    }
-}
-
-impl AsyncRead for MeshStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for MeshStream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
 }
 
 #[cfg(test)]
