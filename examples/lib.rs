@@ -1,7 +1,5 @@
-//! Shared parts of the examples: a toy in-memory identity service and the
-//! standalone node's command line.
-
-pub mod node_cli;
+//! Shared parts of the examples: a toy in-memory identity service, and the
+//! standalone node (`aegis node` with that service added).
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -235,4 +233,21 @@ impl IdentityService for ToyIdentity {
             .filter_map(|e| e.ok().map(Ok));
         Ok(Response::new(Box::pin(stream)))
     }
+}
+
+/// `aegis node` with the toy identity service served for every
+/// `identity/*` service the node declares: the `node` example and the
+/// `aegis-node` binary of the process tests.
+pub fn node_main() -> std::process::ExitCode {
+    use aegis::services::identity::identity_service_server::IdentityServiceServer;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    aegis_cli::node::main_with(&args, |builder, options| {
+        if !options.services.iter().any(|s| s.name == "identity") {
+            return builder;
+        }
+        let identity = ToyIdentity::new(options.id.clone().unwrap_or_default());
+        builder.with_service_registration(move |routes| {
+            routes.add_service(IdentityServiceServer::new(identity.clone()));
+        })
+    })
 }

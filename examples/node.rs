@@ -6,8 +6,8 @@
 //! ```
 //!
 //! Prints `listening on <addr>` once bound; SIGINT or SIGTERM shut it down
-//! gracefully. See `node_cli.rs` for the flags.
+//! gracefully. `aegis node --help` lists the flags.
 
 fn main() -> std::process::ExitCode {
-    aegis_examples::node_cli::main()
+    aegis_examples::node_main()
 }

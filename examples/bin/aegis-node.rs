@@ -2,5 +2,5 @@
 //! can start it: `cargo` builds it for them.
 
 fn main() -> std::process::ExitCode {
-    aegis_examples::node_cli::main()
+    aegis_examples::node_main()
 }

@@ -286,6 +286,30 @@ impl CertDir {
         Ok(dropped)
     }
 
+    /// The CA of the bundle that issued the certificate of `id` (checked at
+    /// a moment inside the certificate's validity, so an expired one still
+    /// names its issuer); `None` when none of them did.
+    ///
+    /// # Errors
+    /// Unreadable or invalid files.
+    pub fn issuer_of(&self, id: &str) -> Result<Option<CertInfo>, TlsError> {
+        let id = NodeId::new(id)?;
+        let path = self.node_cert_path(&id);
+        let chain = read_certs(&path, "node certificate")?;
+        let info = CertInfo::parse(&chain[0], &path.display().to_string())?;
+        let at = info.not_before
+            + (info
+                .not_after
+                .duration_since(info.not_before)
+                .unwrap_or_default()
+                / 2);
+        Ok(self
+            .ca_bundle()?
+            .into_iter()
+            .find(|(_, der)| verify_chain(&chain, std::slice::from_ref(der), at).is_ok())
+            .map(|(ca, _)| ca))
+    }
+
     /// The IDs of the node certificates in this directory.
     pub fn node_ids(&self) -> Vec<String> {
         let Ok(entries) = fs::read_dir(&self.root) else {

@@ -88,7 +88,7 @@ pub enum TlsError {
     },
     /// The certificate's validity period is over.
     #[error(
-        "certificate {origin} expired on {not_after}; renew it (aegis renews it by itself at start when the CA key is in the certificate directory; otherwise issue a new one from the mesh CA and put it in place)"
+        "certificate {origin} expired on {not_after}; renew it (aegis renews it by itself at start when the CA key is in the certificate directory; otherwise issue a new one from the mesh CA — `aegis certs renew --dir DIR ID` where the CA key is — and put it in place)"
     )]
     Expired {
         /// Where the certificate came from.

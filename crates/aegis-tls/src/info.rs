@@ -143,8 +143,8 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
         })
 }
 
-/// Formats a time as RFC 3339 in UTC, for error messages.
-pub(crate) fn rfc3339(t: SystemTime) -> String {
+/// Formats a time as RFC 3339 in UTC (`2026-12-01T17:00:00Z`).
+pub fn rfc3339(t: SystemTime) -> String {
     let secs = match t.duration_since(UNIX_EPOCH) {
         Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
         Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),

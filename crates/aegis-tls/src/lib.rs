@@ -37,7 +37,7 @@ pub use config::{
 };
 pub use dir::{CertDir, Created, Renewal, load_or_generate_tls, renewal_time};
 pub use error::TlsError;
-pub use info::CertInfo;
+pub use info::{CertInfo, rfc3339};
 
 /// Re-exported so that users of [`TlsConfig`] need not pin their own rustls.
 pub use rustls;

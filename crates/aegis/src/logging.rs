@@ -36,6 +36,8 @@ pub fn init_logging() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colours only for a person at a terminal, not in files and pipes.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .try_init()
 }

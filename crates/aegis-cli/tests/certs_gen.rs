@@ -1,9 +1,11 @@
-//! `cargo xtask gen-certs` as a real process.
+//! `aegis certs gen` (and its alias `cargo xtask gen-certs`) as a real
+//! process.
 
 use std::process::{Command, Output};
 
-fn xtask(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_xtask"))
+fn gen_certs(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_aegis"))
+        .args(["certs", "gen"])
         .args(args)
         .output()
         .unwrap()
@@ -14,27 +16,29 @@ fn writes_ca_and_nodes_then_skips_existing() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("certs");
     let d = dir.to_str().unwrap();
-    let out = xtask(&["gen-certs", "--dir", d, "node-1", "node-2"]);
+    let out = gen_certs(&["--dir", d, "node-1", "node-2"]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     let stdout = String::from_utf8(out.stdout).unwrap();
-    assert!(stdout.contains("ca-cert.pem"), "{stdout}");
+    assert!(stdout.contains("created the mesh CA"), "{stdout}");
     assert!(
-        stdout.contains("node-1-cert.pem") && stdout.contains("node-2-key.pem"),
+        stdout.contains("node-1: issued") && stdout.contains("node-2: issued"),
         "{stdout}"
     );
+    let key = std::fs::read(dir.join("node-1-key.pem")).unwrap();
 
-    let out = xtask(&["gen-certs", "--dir", d, "node-1", "node-3"]);
+    let out = gen_certs(&["--dir", d, "node-1", "node-3"]);
     assert!(out.status.success());
     let stdout = String::from_utf8(out.stdout).unwrap();
-    assert!(stdout.contains("skipped node-1"), "{stdout}");
+    assert!(stdout.contains("node-1: exists"), "{stdout}");
     assert!(
-        stdout.contains("node-3-cert.pem") && !stdout.contains("ca-cert.pem"),
+        stdout.contains("node-3: issued") && !stdout.contains("created the mesh CA"),
         "{stdout}"
     );
+    assert_eq!(std::fs::read(dir.join("node-1-key.pem")).unwrap(), key);
 
     let verify = Command::new("openssl")
         .args([
@@ -57,17 +61,17 @@ fn writes_ca_and_nodes_then_skips_existing() {
 #[test]
 fn bad_arguments_get_usage_and_nonzero_exit() {
     for args in [
-        &["gen-certs"][..],
-        &["gen-certs", "--nope", "a"],
-        &["gen-certs", "bad id"],
-        &["frobnicate"],
-        &[],
+        &[][..],
+        &["--dir"],
+        &["--dir", "d", "--nope", "a"],
+        &["--dir", "d", "bad id"],
+        &["--dir", "d", "--validity", "90", "a"],
     ] {
-        let out = xtask(args);
+        let out = gen_certs(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
-            stderr.contains("usage: cargo xtask gen-certs"),
+            stderr.contains("usage: aegis certs gen"),
             "{args:?}: {stderr}"
         );
     }
@@ -82,8 +86,8 @@ fn concurrent_processes_share_one_ca() {
     let d = dir.to_str().unwrap();
     let children: Vec<_> = (0..8)
         .map(|i| {
-            Command::new(env!("CARGO_BIN_EXE_xtask"))
-                .args(["gen-certs", "--dir", d, &format!("proc-{i}")])
+            Command::new(env!("CARGO_BIN_EXE_aegis"))
+                .args(["certs", "gen", "--dir", d, &format!("proc-{i}")])
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
                 .spawn()
@@ -98,7 +102,7 @@ fn concurrent_processes_share_one_ca() {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        if String::from_utf8_lossy(&out.stdout).contains("ca-cert.pem") {
+        if String::from_utf8_lossy(&out.stdout).contains("created the mesh CA") {
             ca_writers += 1;
         }
     }
