@@ -28,7 +28,7 @@ pub const USAGE: &str = "\
 usage: aegis node --id ID --name NAME --address HOST:PORT [--cert-dir DIR] [--type TYPE]
                   [--service NAME/VERSION]... [--peer ID@HOST:PORT]... [--seed HOST:PORT]...
                   [--advertise-address HOST:PORT] [--admin-address IP:PORT] [--print-states]
-                  [--require-ca]
+                  [--require-ca] [--strict-permissions] [--discovery gossip|etcd://HOST:PORT/PREFIX]
 
   --id ID                   the node ID (its certificate's name)
   --name NAME               a display name
@@ -37,12 +37,17 @@ usage: aegis node --id ID --name NAME --address HOST:PORT [--cert-dir DIR] [--ty
   --cert-dir DIR            certificate directory (default ./certs; created with a
                             new CA when missing, with a warning)
   --require-ca              refuse to start when the directory has no CA
+  --strict-permissions      refuse to start when keys are readable by others or the
+                            directory is writable by others (default: a warning)
   --type TYPE               node type (default generic)
   --service NAME/VERSION    a service this node provides (repeatable)
   --peer ID@HOST:PORT       a peer to start with (repeatable)
   --seed HOST:PORT          join through a node known only by its address (repeatable)
   --admin-address IP:PORT   serve /metrics, /healthz, /readyz, /members and a live page
   --print-states            print `state ID STATE` on every state change seen
+  --discovery SOURCE        where members come from: gossip (default), or
+                            etcd://HOST:PORT[,HOST:PORT]/PREFIX (builds with the
+                            feature `etcd`; registers under a 10 s lease)
 
 Logs go to stderr; RUST_LOG sets the filter (e.g. RUST_LOG=info,aegis=debug).";
 
@@ -73,6 +78,10 @@ pub struct Options {
     pub admin: Option<String>,
     /// `--require-ca`.
     pub require_ca: bool,
+    /// `--strict-permissions`.
+    pub strict_permissions: bool,
+    /// `--discovery`.
+    pub discovery: Option<aegis::Discovery>,
 }
 
 /// Parses the flags of `aegis node`.
@@ -92,6 +101,7 @@ pub fn parse(raw: &[String]) -> Result<Options, Usage> {
         "--peer",
         "--seed",
         "--admin-address",
+        "--discovery",
     ];
     for arg in args::split(raw, &with_value)? {
         match arg {
@@ -104,6 +114,12 @@ pub fn parse(raw: &[String]) -> Result<Options, Usage> {
                 "--type" => out.node_type = Some(v),
                 "--admin-address" => out.admin = Some(v),
                 "--seed" => out.seeds.push(v),
+                "--discovery" => {
+                    out.discovery = Some(
+                        aegis::Discovery::parse(&v)
+                            .map_err(|e| Usage(format!("--discovery {e}")))?,
+                    );
+                }
                 "--service" => {
                     let (name, version) = v
                         .split_once('/')
@@ -122,6 +138,9 @@ pub fn parse(raw: &[String]) -> Result<Options, Usage> {
             },
             Arg::Flag(flag, None) if flag == "--print-states" => out.print_states = true,
             Arg::Flag(flag, None) if flag == "--require-ca" => out.require_ca = true,
+            Arg::Flag(flag, None) if flag == "--strict-permissions" => {
+                out.strict_permissions = true;
+            }
             Arg::Flag(flag, _) => return Err(Usage(format!("unknown argument {flag:?}"))),
             Arg::Positional(p) => return Err(Usage(format!("unexpected argument {p:?}"))),
         }
@@ -176,9 +195,14 @@ async fn run(
     if let Some(a) = &args.advertise {
         builder = builder.with_advertise_address(a);
     }
-    builder = builder.require_existing_ca(args.require_ca);
+    builder = builder
+        .require_existing_ca(args.require_ca)
+        .refuse_loose_permissions(args.strict_permissions);
     for seed in &args.seeds {
         builder = builder.with_seed(seed);
+    }
+    if let Some(discovery) = &args.discovery {
+        builder = builder.with_discovery(discovery.clone());
     }
     let builder = extend(builder, &args);
     let node = builder.build()?;

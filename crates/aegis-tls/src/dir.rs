@@ -34,6 +34,7 @@ const DIR_MODE: u32 = 0o700;
 pub struct CertDir {
     root: PathBuf,
     require_ca: bool,
+    strict_modes: bool,
     node_validity: Duration,
     ca_validity: Duration,
 }
@@ -75,6 +76,7 @@ impl CertDir {
         Self {
             root: root.into(),
             require_ca: false,
+            strict_modes: false,
             node_validity: NODE_VALIDITY,
             ca_validity: CA_VALIDITY,
         }
@@ -347,6 +349,14 @@ impl CertDir {
         self
     }
 
+    /// Refuses to use keys that others may read, or a directory that others
+    /// may write ([`TlsError::LoosePermissions`], naming each and its
+    /// `chmod`). Default: a warning for each, and the node starts.
+    pub fn refuse_loose_permissions(mut self, refuse: bool) -> Self {
+        self.strict_modes = refuse;
+        self
+    }
+
     /// Keys or a directory that others may read or write, each named with
     /// the fix (`chmod 600 …`, `chmod 700 …`). Files that do not exist are
     /// not problems.
@@ -436,7 +446,14 @@ impl CertDir {
     /// generation errors naming the path.
     pub fn ensure_node(&self, id: &str) -> Result<Created, TlsError> {
         let id = NodeId::new(id)?;
-        for problem in self.permission_problems(id.as_str()) {
+        let problems = self.permission_problems(id.as_str());
+        if self.strict_modes && !problems.is_empty() {
+            return Err(TlsError::LoosePermissions {
+                path: self.root.clone(),
+                problems,
+            });
+        }
+        for problem in problems {
             tracing::warn!(node_id = %id, "{problem}");
         }
         let cert_path = self.node_cert_path(&id);

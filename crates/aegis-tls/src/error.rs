@@ -150,4 +150,13 @@ pub enum TlsError {
         /// What is wrong, and what to do.
         reason: String,
     },
+    /// Keys or the directory are open to others, and the directory was told
+    /// to refuse that ([`crate::CertDir::refuse_loose_permissions`]).
+    #[error("certificate directory {}: {}", path.display(), problems.join("; "))]
+    LoosePermissions {
+        /// The directory.
+        path: PathBuf,
+        /// Each file or directory, its mode, and the `chmod` that fixes it.
+        problems: Vec<String>,
+    },
 }

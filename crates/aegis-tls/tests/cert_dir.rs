@@ -387,6 +387,16 @@ fn loose_modes_on_keys_and_the_directory_are_named() {
             .iter()
             .any(|p| p.contains("0777") && p.contains("chmod 700"))
     );
+    // Warned about by default; refused when asked, naming every problem.
+    dir.ensure_node("n1").unwrap();
+    let strict = CertDir::new(tmp.path()).refuse_loose_permissions(true);
+    let err = strict.ensure_node("n1").unwrap_err();
+    assert!(matches!(err, TlsError::LoosePermissions { ref problems, .. } if problems.len() == 3));
+    let text = err.to_string();
+    assert!(
+        text.contains("chmod 600") && text.contains("chmod 700"),
+        "{text}"
+    );
 }
 
 /// A node started on an expired certificate is renewed at start when the

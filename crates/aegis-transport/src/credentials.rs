@@ -244,13 +244,17 @@ impl CredentialsWatcher {
     /// When the current certificate is due for renewal (or for the
     /// warning, when nothing here can renew it).
     pub fn renewal_time(&self) -> SystemTime {
-        let info = self.credentials.cert_info();
-        let share = if self.can_renew() {
+        aegis_tls::renewal_time(&self.credentials.cert_info(), self.renewal_share())
+    }
+
+    /// The share of its life at which the certificate is renewed, or, when
+    /// nothing here can renew it, warned about.
+    pub fn renewal_share(&self) -> f64 {
+        if self.can_renew() {
             self.config.renew_at
         } else {
             self.config.warn_at
-        };
-        aegis_tls::renewal_time(&info, share)
+        }
     }
 
     fn can_renew(&self) -> bool {

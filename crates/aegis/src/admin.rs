@@ -149,7 +149,8 @@ async fn members(State(node): State<Node>) -> Response {
     let body = serde_json::json!({
         "node": {
             "id": node.id().as_str(),
-            "cert_not_after": secs(node.tls_config().not_after()),
+            "cert_not_after": secs(node.certificate().not_after),
+            "cert_renewal": secs(node.certificate_renewal_time()),
         },
         "members": members,
     });

@@ -36,12 +36,14 @@ pub struct NodeBuilder {
     registrars: Vec<Registrar>,
     grpc_services: Vec<&'static str>,
     seeds: Vec<String>,
+    discovery: crate::Discovery,
     admin: Option<String>,
     allow_remote_admin: bool,
     require_ca: bool,
     cert_dir: PathBuf,
     tls_options: Option<TlsOptions>,
     renewal: RenewalConfig,
+    strict_modes: bool,
     mesh: MeshConfig,
     peer_config: PeerConfig,
     server_config: MeshServerConfig,
@@ -77,12 +79,14 @@ impl NodeBuilder {
             registrars: Vec::new(),
             grpc_services: Vec::new(),
             seeds: Vec::new(),
+            discovery: crate::Discovery::default(),
             admin: None,
             allow_remote_admin: false,
             require_ca: false,
             cert_dir: PathBuf::from("./certs"),
             tls_options: None,
             renewal: RenewalConfig::default(),
+            strict_modes: false,
             mesh: MeshConfig::default(),
             peer_config: PeerConfig::default(),
             server_config: MeshServerConfig::default(),
@@ -234,6 +238,14 @@ impl NodeBuilder {
         self
     }
 
+    /// Refuses to start when the node's key or the CA key is readable by
+    /// others, or the certificate directory writable by others; the error
+    /// names each with the `chmod` that fixes it. Default: a warning each.
+    pub fn refuse_loose_permissions(mut self, refuse: bool) -> Self {
+        self.strict_modes = refuse;
+        self
+    }
+
     /// Loads TLS from these options instead of the certificate directory.
     /// Files given this way are watched like the directory's: replaced
     /// files are loaded without a restart (the node renews nothing itself).
@@ -248,6 +260,15 @@ impl NodeBuilder {
     /// directory holds the CA key, a warning at 80 % when it does not).
     pub fn with_renewal(mut self, renewal: RenewalConfig) -> Self {
         self.renewal = renewal;
+        self
+    }
+
+    /// Where the node learns the membership from: gossip between the nodes
+    /// (the default), or etcd (feature `etcd`:
+    /// `Discovery::etcd(["127.0.0.1:2379"], "/my-mesh")`), in which case the
+    /// mesh loop is off and seeds are refused (members come from etcd).
+    pub fn with_discovery(mut self, discovery: crate::Discovery) -> Self {
+        self.discovery = discovery;
         self
     }
 
@@ -281,7 +302,19 @@ impl NodeBuilder {
     /// # Errors
     /// [`Error::MissingField`] or [`Error::InvalidField`] naming the field;
     /// [`Error::Tls`] with the cause when certificates fail.
-    pub fn build(self) -> Result<Node, Error> {
+    pub fn build(mut self) -> Result<Node, Error> {
+        if !matches!(self.discovery, crate::Discovery::Gossip) {
+            if let Some(seed) = self.seeds.first() {
+                return Err(Error::InvalidField {
+                    field: "seed",
+                    reason: format!(
+                        "{seed}: seeds are for gossip; with etcd discovery the members come from etcd"
+                    ),
+                });
+            }
+            // No probing, no anti-entropy: the source is authoritative.
+            self.mesh.enabled = false;
+        }
         let id = self.id.ok_or(Error::MissingField("id"))?;
         let id = NodeId::new(&id).map_err(|e| Error::InvalidField {
             field: "id",
@@ -359,7 +392,9 @@ impl NodeBuilder {
             .with_services(self.services.clone());
         let limits = aegis_topology::Limits::default();
         limits.check(&own)?;
-        let cert_dir = aegis_tls::CertDir::new(&self.cert_dir).require_existing_ca(self.require_ca);
+        let cert_dir = aegis_tls::CertDir::new(&self.cert_dir)
+            .require_existing_ca(self.require_ca)
+            .refuse_loose_permissions(self.strict_modes);
         let tls = match &self.tls_options {
             Some(opts) => aegis_tls::load_tls_config(opts)?,
             None => {
@@ -399,6 +434,9 @@ impl NodeBuilder {
             None => CredentialsWatcher::for_cert_dir(credentials.clone(), cert_dir),
         }
         .with_config(self.renewal);
+        // The share of its life at which the certificate is renewed (or,
+        // when this node cannot renew it, warned about).
+        let renewal_share = watcher.renewal_share();
         let mut peers = PeerManager::new(id.clone(), Some(&credentials), topology.clone())
             .with_config(self.peer_config);
         if self.mesh.enabled {
@@ -413,6 +451,7 @@ impl NodeBuilder {
                 services: self.services,
                 credentials,
                 watcher: std::sync::Mutex::new(Some(watcher)),
+                renewal_share,
                 topology,
                 health: Health::new(),
                 peers,
@@ -424,6 +463,7 @@ impl NodeBuilder {
                 admin,
                 grpc_services: self.grpc_services,
                 seeds: self.seeds,
+                discovery: self.discovery,
                 mesh: self.mesh,
                 server_config: self.server_config,
                 shutdown_grace: self.shutdown_grace,
@@ -443,12 +483,17 @@ struct Running {
     admin: Option<(SocketAddr, JoinHandle<()>)>,
     /// Renews and reloads the certificate while the node runs.
     watcher: Option<JoinHandle<()>>,
+    /// Registers with and watches the discovery source (etcd).
+    discovery: Option<JoinHandle<()>>,
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
         if let Some(task) = self.watcher.take() {
+            task.abort();
+        }
+        if let Some(task) = self.discovery.take() {
             task.abort();
         }
         if let Some(task) = self.mesh.take() {
@@ -471,6 +516,7 @@ pub(crate) struct NodeInner {
     credentials: Credentials,
     /// Taken when the node starts.
     watcher: std::sync::Mutex<Option<CredentialsWatcher>>,
+    renewal_share: f64,
     topology: Topology,
     health: Health,
     peers: Arc<PeerManager>,
@@ -485,6 +531,8 @@ pub(crate) struct NodeInner {
     admin: Option<SocketAddr>,
     grpc_services: Vec<&'static str>,
     seeds: Vec<String>,
+    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+    discovery: crate::Discovery,
     mesh: MeshConfig,
     server_config: MeshServerConfig,
     shutdown_grace: Duration,
@@ -655,6 +703,16 @@ impl Node {
                 ))
             })
             .collect();
+        let discovery = match &self.inner.discovery {
+            #[cfg(feature = "etcd")]
+            crate::Discovery::Etcd(config) => Some(tokio::spawn(crate::discovery::etcd::run(
+                (**config).clone(),
+                self.inner.topology.clone(),
+                self.inner.id.clone(),
+                stop_rx.clone(),
+            ))),
+            _ => None,
+        };
         let mesh = self.inner.mesh.enabled.then(|| {
             let driver = mesh::Driver {
                 local: self.inner.id.clone(),
@@ -728,6 +786,7 @@ impl Node {
             seeds,
             admin,
             watcher,
+            discovery,
         });
         Ok(bound)
     }
@@ -754,6 +813,14 @@ impl Node {
         let mut running = running;
         if let Some(task) = running.as_mut().and_then(|r| r.mesh.take()) {
             let _ = task.await;
+        }
+        // Deregisters from the discovery source (bounded: etcd may be away).
+        if let Some(mut task) = running.as_mut().and_then(|r| r.discovery.take())
+            && tokio::time::timeout(Duration::from_secs(5), &mut task)
+                .await
+                .is_err()
+        {
+            task.abort();
         }
         // Tell the mesh, whether or not the server ran: others may know
         // this node from a sync it made by hand.
@@ -1066,6 +1133,13 @@ impl Node {
     /// What the node's current certificate says (serial, `not_after`, ...).
     pub fn certificate(&self) -> CertInfo {
         self.inner.credentials.cert_info()
+    }
+
+    /// When the current certificate is renewed (when the certificate
+    /// directory holds the CA key), or else when the node warns that it
+    /// runs out (see [`NodeBuilder::with_renewal`]).
+    pub fn certificate_renewal_time(&self) -> std::time::SystemTime {
+        aegis_tls::renewal_time(&self.certificate(), self.inner.renewal_share)
     }
 
     /// The node's client pool (one per node, made on first use).

@@ -40,6 +40,13 @@ pub struct NodeProcess {
     child: Child,
 }
 
+impl NodeProcess {
+    /// The process ID.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 impl Drop for NodeProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
