@@ -239,7 +239,7 @@ fn bad_flags_get_usage_and_a_nonzero_exit() {
             .unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         assert!(
-            String::from_utf8_lossy(&out.stderr).contains("usage: node"),
+            String::from_utf8_lossy(&out.stderr).contains("usage: aegis node"),
             "{args:?}"
         );
     }

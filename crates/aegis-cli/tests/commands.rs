@@ -20,16 +20,7 @@ fn members_and_ping_see_a_running_mesh() {
     // client's certificate is issued on first use (the CA key is there).
     let mut members = serde_json::Value::Null;
     support::poll(|| {
-        let out = aegis_ok(&[
-            "members",
-            "--cert-dir",
-            dir,
-            "--id",
-            "ops",
-            "--peer",
-            &n2.address,
-            "--json",
-        ]);
+        let out = support::members(dir, &n2.address, &["--json"]);
         members = serde_json::from_str(&out).unwrap();
         members["members"].as_array().map_or(0, Vec::len) == 2
     });
@@ -39,15 +30,7 @@ fn members_and_ping_see_a_running_mesh() {
     assert_eq!(n1_row["state"], "alive");
     assert_eq!(n1_row["services"][0], "greeter/v1");
 
-    let table = aegis_ok(&[
-        "members",
-        "--cert-dir",
-        dir,
-        "--id",
-        "ops",
-        "--peer",
-        &format!("n1@{}", n1.address),
-    ]);
+    let table = support::members(dir, &format!("n1@{}", n1.address), &[]);
     assert!(table.lines().next().unwrap().starts_with("ID"), "{table}");
     assert!(table.contains("greeter/v1"), "{table}");
 

@@ -204,16 +204,7 @@ async fn via_pool(node: &Node) -> Result<String, String> {
 
 /// The members `aegis members` reports for the node at `address`.
 fn members_seen_by(dir: &str, address: &str) -> HashSet<String> {
-    let out = aegis_ok(&[
-        "members",
-        "--cert-dir",
-        dir,
-        "--id",
-        "ops",
-        "--peer",
-        address,
-        "--json",
-    ]);
+    let out = support::members(dir, address, &["--json"]);
     let json: serde_json::Value = serde_json::from_str(&out).expect("json");
     json["members"]
         .as_array()

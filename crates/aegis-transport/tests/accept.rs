@@ -134,3 +134,57 @@ async fn servers_take_fixed_or_changing_credentials() {
     .unwrap();
     assert_ne!(a.local_addr(), b.local_addr());
 }
+
+/// A call whose request body never comes is ended by `request_timeout`
+/// (such calls used to stay open for good, holding their memory).
+#[tokio::test]
+async fn a_request_body_that_never_comes_is_timed_out() {
+    use tower::ServiceExt;
+    let (_tmp, server_tls, client) = pair();
+    let (_reporter, health) = tonic_health::server::health_reporter();
+    let mut routes = tonic::service::RoutesBuilder::default();
+    routes.add_service(health);
+    let server = serve_routes(
+        &server_tls,
+        "127.0.0.1:0",
+        routes.routes(),
+        ServerConfig {
+            request_timeout: Some(Duration::from_millis(300)),
+            ..ServerConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let channel = aegis_transport::mtls_channel(
+        &client,
+        &aegis_tls::NodeId::new("server").unwrap(),
+        &server.local_addr().to_string(),
+        &aegis_transport::ChannelOptions::default(),
+    )
+    .unwrap();
+    // Headers of a unary call, then a body that never sends a byte.
+    let never = tokio_stream::pending::<Result<http_body::Frame<bytes::Bytes>, std::io::Error>>();
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(format!(
+            "http://{}/grpc.health.v1.Health/Check",
+            server.local_addr()
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(tonic::body::Body::new(http_body_util::StreamBody::new(
+            never,
+        )))
+        .unwrap();
+    let response = tokio::time::timeout(DEADLINE, channel.oneshot(request))
+        .await
+        .expect("the server ended the call")
+        .unwrap();
+    let status = response
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("0")
+        .to_owned();
+    assert_ne!(status, "0", "the call was answered as if it had succeeded");
+}

@@ -220,3 +220,11 @@ pub fn poll(mut check: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// `aegis members --cert-dir DIR --id ops --peer PEER EXTRA...`, as the
+/// operator `ops` of the directory; its standard output.
+pub fn members(dir: &str, peer: &str, extra: &[&str]) -> String {
+    let mut args = vec!["members", "--cert-dir", dir, "--id", "ops", "--peer", peer];
+    args.extend_from_slice(extra);
+    aegis_ok(&args)
+}
