@@ -456,11 +456,14 @@ impl CloseFlag {
         }
     }
 
-    /// Whether the connection is closed; otherwise remembers who to wake.
-    fn poll_closed(&self, cx: &Context<'_>) -> bool {
-        if self.closed.load(Ordering::Acquire) {
-            return true;
-        }
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// For a read that is about to wait: remembers who to wake on close,
+    /// and says whether the connection was closed meanwhile. (Reads that
+    /// do not wait take no lock: only an atomic load.)
+    fn register(&self, cx: &Context<'_>) -> bool {
         let mut slot = self.waker.lock().unwrap_or_else(PoisonError::into_inner);
         if !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
             *slot = Some(cx.waker().clone());
@@ -597,12 +600,15 @@ impl AsyncRead for MeshStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        if self.tracked.close.poll_closed(cx) {
-            // End of stream: the server ends the connection.
+        // End of stream when closed: the server ends the connection.
+        if self.tracked.close.is_closed() {
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if polled.is_pending() && self.tracked.close.register(cx) {
+            return Poll::Ready(Ok(()));
+        }
         if let Some(preface) = self.preface.as_mut() {
             if buf.filled().len() > before {
                 self.preface = None;
@@ -625,7 +631,7 @@ impl AsyncWrite for MeshStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        if self.tracked.close.poll_closed(cx) {
+        if self.tracked.close.is_closed() {
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
         }
         Pin::new(&mut self.inner).poll_write(cx, buf)
