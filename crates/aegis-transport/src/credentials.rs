@@ -206,6 +206,10 @@ pub struct Checked {
     pub renewed: Option<Renewal>,
     /// New credentials were published.
     pub reloaded: bool,
+    /// The certificate, which nothing here can renew, passed
+    /// [`RenewalConfig::warn_at`] of its life: warned about (once per
+    /// certificate).
+    pub warned: bool,
 }
 
 impl CredentialsWatcher {
@@ -275,7 +279,7 @@ impl CredentialsWatcher {
                 checked.reloaded = self.reload(now);
             }
         }
-        self.warn_expiry();
+        checked.warned = self.warn_expiry();
         set_gauges(&self.credentials.cert_info(), Some(self.renewal_time()));
         checked
     }
@@ -359,15 +363,15 @@ impl CredentialsWatcher {
         }
     }
 
-    fn warn_expiry(&mut self) {
+    fn warn_expiry(&mut self) -> bool {
         if self.can_renew() {
-            return;
+            return false;
         }
         let info = self.credentials.cert_info();
         if self.warned_expiry == Some(info.fingerprint_sha256)
             || SystemTime::now() < aegis_tls::renewal_time(&info, self.config.warn_at)
         {
-            return;
+            return false;
         }
         self.warned_expiry = Some(info.fingerprint_sha256);
         tracing::warn!(
@@ -377,6 +381,7 @@ impl CredentialsWatcher {
             "the node certificate is past {:.0} % of its life and this node cannot renew it (no CA key in its directory): replace the files (the node reloads them), or renew with `aegis certs renew`",
             self.config.warn_at * 100.0
         );
+        true
     }
 
     /// Runs [`CredentialsWatcher::check`] every poll interval until the

@@ -188,3 +188,33 @@ async fn a_request_body_that_never_comes_is_timed_out() {
         .to_owned();
     assert_ne!(status, "0", "the call was answered as if it had succeeded");
 }
+
+/// Beyond `max_connections` open connections, new ones are closed at once
+/// (before their handshake); the open ones are untouched.
+#[tokio::test]
+async fn the_total_connection_cap_holds() {
+    let (_tmp, server_tls, client) = pair();
+    let server = serve(
+        &server_tls,
+        ServerConfig {
+            max_connections: 2,
+            ..ServerConfig::default()
+        },
+    )
+    .await;
+    let mut kept = vec![
+        handshake_only(&client, &server).await,
+        handshake_only(&client, &server).await,
+    ];
+    wait_for(|| server.open_connections() == 2).await;
+    let tcp = TcpStream::connect(server.local_addr()).await.unwrap();
+    let name = aegis_tls::server_name("server").unwrap();
+    let third = TlsConnector::from(client.client_config())
+        .connect(name, tcp)
+        .await;
+    assert!(third.is_err(), "the third connection got a handshake");
+    assert_eq!(server.open_connections(), 2);
+    for stream in &mut kept {
+        assert!(!closed_within(stream, Duration::from_millis(50)).await);
+    }
+}

@@ -232,3 +232,39 @@ fn credentials_of_another_node_are_refused() {
         "{err}"
     );
 }
+
+/// A certificate nothing here can renew gets one warning once past 80 % of
+/// its life; one that is not there yet gets none.
+#[test]
+fn an_aging_certificate_that_cannot_be_renewed_is_warned_about_once() {
+    let issuing = tempfile::tempdir().unwrap();
+    let managed = tempfile::tempdir().unwrap();
+    CertDir::new(issuing.path()).ensure_node("server").unwrap();
+    managed_copy(issuing.path(), managed.path(), "server");
+    let opts = TlsOptions::from_cert_dir(managed.path(), "server");
+    let young = Credentials::new(aegis_tls::load_tls_config(&opts).unwrap());
+    let mut watcher = CredentialsWatcher::new(young, opts.clone());
+    assert!(!watcher.check().warned, "a fresh 90-day certificate");
+
+    // 90 % of a 100 s life gone.
+    let ca = aegis_tls::CertAuthority::from_pem(
+        &std::fs::read_to_string(issuing.path().join("ca-cert.pem")).unwrap(),
+        &std::fs::read_to_string(issuing.path().join("ca-key.pem")).unwrap(),
+        "test",
+    )
+    .unwrap();
+    let now = std::time::SystemTime::now();
+    let old = aegis_tls::Validity {
+        not_before: now - Duration::from_secs(90),
+        not_after: now + Duration::from_secs(10),
+    };
+    let key = std::fs::read_to_string(&opts.key_file).unwrap();
+    let cert = ca
+        .issue_for_key(&NodeId::new("server").unwrap(), &key, "test", old)
+        .unwrap();
+    replace(&opts.cert_file, cert.cert_pem.as_bytes());
+    let aging = Credentials::new(aegis_tls::load_tls_config(&opts).unwrap());
+    let mut watcher = CredentialsWatcher::new(aging, opts);
+    assert!(watcher.check().warned);
+    assert!(!watcher.check().warned, "once per certificate");
+}
