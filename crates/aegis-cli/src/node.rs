@@ -28,7 +28,7 @@ pub const USAGE: &str = "\
 usage: aegis node --id ID --name NAME --address HOST:PORT [--cert-dir DIR] [--type TYPE]
                   [--service NAME/VERSION]... [--peer ID@HOST:PORT]... [--seed HOST:PORT]...
                   [--advertise-address HOST:PORT] [--admin-address IP:PORT] [--print-states]
-                  [--require-ca] [--strict-permissions] [--discovery gossip|etcd://HOST:PORT/PREFIX]
+                  [--require-ca] [--strict-permissions] [--discovery gossip|etcd[s]://HOST:PORT/PREFIX]
 
   --id ID                   the node ID (its certificate's name)
   --name NAME               a display name
@@ -47,7 +47,9 @@ usage: aegis node --id ID --name NAME --address HOST:PORT [--cert-dir DIR] [--ty
   --print-states            print `state ID STATE` on every state change seen
   --discovery SOURCE        where members come from: gossip (default), or
                             etcd://HOST:PORT[,HOST:PORT]/PREFIX (builds with the
-                            feature `etcd`; registers under a 10 s lease)
+                            feature `etcd`; registers under a 10 s lease), or
+                            etcds://... : TLS to etcd with this node's certificate,
+                            trusting the mesh CA
 
 Logs go to stderr; RUST_LOG sets the filter (e.g. RUST_LOG=info,aegis=debug).";
 

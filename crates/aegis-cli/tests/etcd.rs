@@ -27,6 +27,9 @@ struct Etcd {
     client_port: u16,
     peer_port: u16,
     data: tempfile::TempDir,
+    /// With TLS: the certificate directory whose `etcd-cert.pem` it
+    /// serves, requiring client certificates from its CA.
+    tls: Option<std::path::PathBuf>,
 }
 
 fn free_port() -> u16 {
@@ -40,6 +43,10 @@ impl Etcd {
     /// Starts etcd, or returns `None` when there is none and it is not
     /// required.
     fn start() -> Option<Self> {
+        Self::start_with(None)
+    }
+
+    fn start_with(tls: Option<&Path>) -> Option<Self> {
         if Command::new("etcd").arg("--version").output().is_err() {
             assert!(
                 std::env::var("AEGIS_ETCD").as_deref() != Ok("required"),
@@ -53,6 +60,7 @@ impl Etcd {
             client_port: free_port(),
             peer_port: free_port(),
             data: tempfile::tempdir().expect("tempdir"),
+            tls: tls.map(Path::to_path_buf),
         };
         etcd.run();
         Some(etcd)
@@ -63,9 +71,21 @@ impl Etcd {
     }
 
     fn run(&mut self) {
-        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let client = format!("{scheme}://127.0.0.1:{}", self.client_port);
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let child = Command::new("etcd")
+        let mut command = Command::new("etcd");
+        if let Some(dir) = &self.tls {
+            command
+                .arg("--cert-file")
+                .arg(dir.join("etcd-cert.pem"))
+                .arg("--key-file")
+                .arg(dir.join("etcd-key.pem"))
+                .arg("--trusted-ca-file")
+                .arg(dir.join("ca-cert.pem"))
+                .arg("--client-cert-auth");
+        }
+        let child = command
             .args(["--name", "test", "--data-dir"])
             .arg(self.data.path().join("etcd"))
             .args([
@@ -372,4 +392,60 @@ async fn a_mesh_with_membership_in_etcd() {
 
 async fn consumer_late(etcd: &Etcd, dir: &Path) -> Node {
     consumer(etcd, dir, "late").await
+}
+
+/// TLS to etcd with the node's own identity (`etcds://`): an etcd that
+/// serves a certificate from the mesh CA and requires client certificates
+/// from it sees the nodes register; a node of another CA is refused by etcd
+/// and never registers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_etcd_with_the_nodes_own_certificates() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_str().unwrap();
+    aegis_ok(&["certs", "gen", "--dir", dir, "etcd", "n1", "consumer"]);
+    let Some(etcd) = Etcd::start_with(Some(tmp.path())) else {
+        return;
+    };
+    let flags = vec![
+        "--discovery".to_owned(),
+        format!("etcds://{}{PREFIX}", etcd.endpoint()),
+        "--service".to_owned(),
+        "greeter/v1".to_owned(),
+    ];
+    let _n1 = start_node("n1", tmp.path(), &flags);
+    let consumer = Node::builder()
+        .with_id("consumer")
+        .with_name("consumer")
+        .with_address("127.0.0.1:0")
+        .with_cert_dir(tmp.path())
+        .with_discovery(Discovery::parse(&format!("etcds://{}{PREFIX}", etcd.endpoint())).unwrap())
+        .build()
+        .unwrap();
+    consumer.start_server().await.unwrap();
+    wait_for("both registered over TLS", DEADLINE, || {
+        alive(&consumer) == ids(&["n1", "consumer"])
+    })
+    .await;
+    assert_eq!(via_pool(&consumer).await.unwrap(), "n1");
+
+    // Another mesh's node: etcd refuses its certificate; it stays alone.
+    let other = tempfile::tempdir().unwrap();
+    let stranger = Node::builder()
+        .with_id("stranger")
+        .with_name("stranger")
+        .with_address("127.0.0.1:0")
+        .with_cert_dir(other.path())
+        .with_discovery(Discovery::parse(&format!("etcds://{}{PREFIX}", etcd.endpoint())).unwrap())
+        .build()
+        .unwrap();
+    stranger.start_server().await.unwrap();
+    // It keeps trying (and failing) while the others go on.
+    for _ in 0..3 {
+        assert_eq!(via_pool(&consumer).await.unwrap(), "n1");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(alive(&stranger), ids(&["stranger"]));
+    assert_eq!(alive(&consumer), ids(&["n1", "consumer"]));
+    stranger.shutdown().await.unwrap();
+    consumer.shutdown().await.unwrap();
 }

@@ -373,6 +373,15 @@ impl TlsConfig {
         &self.ca_certs
     }
 
+    /// The certificate chain, the private key and the trusted CAs as PEM
+    /// text, for clients that take PEM (a TLS connection to etcd, say).
+    /// The key is secret: do not log it.
+    pub fn to_pem(&self) -> (String, String, String) {
+        let chain = self.chain.iter().map(|c| pem::encode_cert(c)).collect();
+        let cas = self.ca_certs.iter().map(|c| pem::encode_cert(c)).collect();
+        (chain, pem::encode_key(&self.key), cas)
+    }
+
     /// The trusted mesh CAs as a rustls root store.
     pub fn root_store(&self) -> Arc<RootCertStore> {
         Arc::clone(&self.roots)

@@ -255,3 +255,17 @@ fn a_certificate_whose_cn_is_not_a_node_id_is_refused() {
     let err = load_tls_config(&o).unwrap_err();
     assert!(err.to_string().contains("not a valid node ID"), "{err}");
 }
+
+/// `to_pem` gives back what the configuration was loaded from.
+#[test]
+fn pem_text_round_trips() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tls = aegis_tls::load_or_generate_tls("n1", tmp.path()).unwrap();
+    let (chain, key, cas) = tls.to_pem();
+    let again =
+        aegis_tls::TlsConfig::from_pem(&chain, &key, &cas, &aegis_tls::TlsOptions::default())
+            .unwrap();
+    assert_eq!(again.cert_chain(), tls.cert_chain());
+    assert_eq!(again.ca_certs(), tls.ca_certs());
+    assert!(key.starts_with("-----BEGIN PRIVATE KEY-----"));
+}

@@ -40,8 +40,10 @@ impl Discovery {
         Discovery::Etcd(Box::new(EtcdDiscovery::new(endpoints, prefix)))
     }
 
-    /// Parses `gossip` or `etcd://HOST:PORT[,HOST:PORT...]/PREFIX` (the
-    /// `--discovery` flag of `aegis node`).
+    /// Parses `gossip`, `etcd://HOST:PORT[,HOST:PORT...]/PREFIX` or
+    /// `etcds://...` (TLS to etcd with the node's own certificate, trusting
+    /// the mesh CA; see [`EtcdDiscovery::with_node_tls`]): the
+    /// `--discovery` flag of `aegis node`.
     ///
     /// # Errors
     /// A string naming what is wrong, or that this build has no etcd
@@ -50,10 +52,14 @@ impl Discovery {
         if text == "gossip" {
             return Ok(Discovery::Gossip);
         }
-        let Some(rest) = text.strip_prefix("etcd://") else {
-            return Err(format!(
-                "{text:?}: expected gossip or etcd://HOST:PORT/PREFIX"
-            ));
+        let (rest, tls) = match (text.strip_prefix("etcd://"), text.strip_prefix("etcds://")) {
+            (Some(rest), _) => (rest, false),
+            (_, Some(rest)) => (rest, true),
+            _ => {
+                return Err(format!(
+                    "{text:?}: expected gossip, etcd://HOST:PORT/PREFIX or etcds://HOST:PORT/PREFIX"
+                ));
+            }
         };
         let (hosts, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         let endpoints: Vec<&str> = hosts.split(',').filter(|h| !h.is_empty()).collect();
@@ -70,13 +76,16 @@ impl Discovery {
         }
         #[cfg(feature = "etcd")]
         {
-            Ok(Discovery::etcd(
-                endpoints,
-                format!("/{}", prefix.trim_matches('/')),
-            ))
+            let config = EtcdDiscovery::new(endpoints, format!("/{}", prefix.trim_matches('/')));
+            Ok(Discovery::Etcd(Box::new(if tls {
+                config.with_node_tls()
+            } else {
+                config
+            })))
         }
         #[cfg(not(feature = "etcd"))]
         {
+            let _ = tls;
             Err(format!(
                 "{text:?}: this build has no etcd support (build with the feature `etcd`, which needs `protoc`)"
             ))
@@ -95,6 +104,7 @@ pub struct EtcdDiscovery {
     pub(crate) request_timeout: Duration,
     pub(crate) max_backoff: Duration,
     pub(crate) tls: Option<etcd_client::TlsOptions>,
+    pub(crate) node_tls: bool,
     pub(crate) user: Option<(String, String)>,
 }
 
@@ -116,6 +126,7 @@ impl EtcdDiscovery {
             request_timeout: Duration::from_secs(5),
             max_backoff: Duration::from_secs(5),
             tls: None,
+            node_tls: false,
             user: None,
         }
     }
@@ -141,6 +152,17 @@ impl EtcdDiscovery {
         self
     }
 
+    /// TLS to etcd with the node's own credentials: its certificate as the
+    /// client identity and the mesh CA(s) as the trusted roots, taken anew
+    /// at every connection (so a renewed certificate is used). For an etcd
+    /// whose certificates come from the mesh CA (`aegis certs gen --dir DIR
+    /// etcd-1` makes one that names `localhost` and 127.0.0.1; give it
+    /// `--client-cert-auth --trusted-ca-file DIR/ca-cert.pem`).
+    pub fn with_node_tls(mut self) -> Self {
+        self.node_tls = true;
+        self
+    }
+
     /// etcd user and password.
     pub fn with_user(mut self, name: impl Into<String>, password: impl Into<String>) -> Self {
         self.user = Some((name.into(), password.into()));
@@ -160,8 +182,12 @@ pub(crate) mod etcd {
     use std::collections::HashSet;
     use std::time::{Duration, SystemTime};
 
+    use aegis_peer::transport::Credentials;
     use aegis_topology::{Entry, NodeId, NodeState, Topology};
-    use etcd_client::{Client, ConnectOptions, EventType, GetOptions, PutOptions, WatchOptions};
+    use etcd_client::{
+        Certificate, Client, ConnectOptions, EventType, GetOptions, Identity, PutOptions,
+        TlsOptions, WatchOptions,
+    };
     use tokio::sync::{Notify, watch};
 
     use super::EtcdDiscovery;
@@ -180,9 +206,10 @@ pub(crate) mod etcd {
     pub(crate) async fn run(
         config: EtcdDiscovery,
         topology: Topology,
-        local: NodeId,
+        credentials: Credentials,
         mut stop: watch::Receiver<bool>,
     ) {
+        let local = credentials.node_id();
         let changed = std::sync::Arc::new(Notify::new());
         {
             let changed = std::sync::Arc::clone(&changed);
@@ -193,7 +220,7 @@ pub(crate) mod etcd {
             let ended = session(
                 &config,
                 &topology,
-                &local,
+                &credentials,
                 &changed,
                 &mut stop,
                 &mut backoff,
@@ -248,13 +275,20 @@ pub(crate) mod etcd {
         Ok(entry)
     }
 
-    async fn connect(config: &EtcdDiscovery) -> Result<Client, String> {
+    async fn connect(config: &EtcdDiscovery, credentials: &Credentials) -> Result<Client, String> {
         let mut options = ConnectOptions::new()
             .with_connect_timeout(config.connect_timeout)
             .with_timeout(config.request_timeout)
             .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3));
         if let Some(tls) = &config.tls {
             options = options.with_tls(tls.clone());
+        } else if config.node_tls {
+            let (chain, key, cas) = credentials.current().to_pem();
+            options = options.with_tls(
+                TlsOptions::new()
+                    .ca_certificate(Certificate::from_pem(cas))
+                    .identity(Identity::from_pem(chain, key)),
+            );
         }
         if let Some((user, password)) = &config.user {
             options = options.with_user(user.clone(), password.clone());
@@ -269,13 +303,14 @@ pub(crate) mod etcd {
     async fn session(
         config: &EtcdDiscovery,
         topology: &Topology,
-        local: &NodeId,
+        credentials: &Credentials,
         changed: &Notify,
         stop: &mut watch::Receiver<bool>,
         backoff: &mut Duration,
     ) -> Ended {
         let lost = |what: &str, e: etcd_client::Error| Ended::Lost(format!("{what}: {e}"));
-        let mut client = match connect(config).await {
+        let local = &credentials.node_id();
+        let mut client = match connect(config, credentials).await {
             Ok(c) => c,
             Err(e) => return Ended::Lost(e),
         };
@@ -568,7 +603,13 @@ mod tests {
             Ok(Discovery::Etcd(e)) => {
                 assert_eq!(e.endpoints, ["a:1", "b:2"]);
                 assert_eq!(e.nodes_prefix(), "/my/mesh/nodes/");
+                assert!(!e.node_tls);
             }
+            other => panic!("{other:?}"),
+        }
+        #[cfg(feature = "etcd")]
+        match Discovery::parse("etcds://a:1/p") {
+            Ok(Discovery::Etcd(e)) => assert!(e.node_tls),
             other => panic!("{other:?}"),
         }
         #[cfg(not(feature = "etcd"))]

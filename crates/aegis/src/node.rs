@@ -708,7 +708,7 @@ impl Node {
             crate::Discovery::Etcd(config) => Some(tokio::spawn(crate::discovery::etcd::run(
                 (**config).clone(),
                 self.inner.topology.clone(),
-                self.inner.id.clone(),
+                self.inner.credentials.clone(),
                 stop_rx.clone(),
             ))),
             _ => None,
