@@ -42,7 +42,7 @@ impl Discovery {
 
     /// Parses `gossip`, `etcd://HOST:PORT[,HOST:PORT...]/PREFIX` or
     /// `etcds://...` (TLS to etcd with the node's own certificate, trusting
-    /// the mesh CA; see [`EtcdDiscovery::with_node_tls`]): the
+    /// the mesh CA; see `EtcdDiscovery::with_node_tls`): the
     /// `--discovery` flag of `aegis node`.
     ///
     /// # Errors
