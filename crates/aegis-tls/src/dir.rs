@@ -52,6 +52,18 @@ pub enum Renewal {
     NewCa,
 }
 
+/// Whether a certificate is expired or past `fraction` of its life.
+fn aged(info: &CertInfo, fraction: f64) -> Option<Renewal> {
+    let now = SystemTime::now();
+    if now > info.not_after {
+        Some(Renewal::Expired)
+    } else if now >= renewal_time(info, fraction) {
+        Some(Renewal::Aging)
+    } else {
+        None
+    }
+}
+
 /// When a certificate reaches `fraction` (0..=1) of its life.
 pub fn renewal_time(info: &CertInfo, fraction: f64) -> SystemTime {
     let life = info
@@ -148,14 +160,10 @@ impl CertDir {
     /// # Errors
     /// Unreadable or invalid files.
     pub fn renewal_due(&self, id: &str, fraction: f64) -> Result<Option<Renewal>, TlsError> {
-        let info = self.node_cert_info(id)?;
+        if let Some(due) = aged(&self.node_cert_info(id)?, fraction) {
+            return Ok(Some(due));
+        }
         let now = SystemTime::now();
-        if now > info.not_after {
-            return Ok(Some(Renewal::Expired));
-        }
-        if now >= renewal_time(&info, fraction) {
-            return Ok(Some(Renewal::Aging));
-        }
         if let Some(Some(ca)) = self.load_ca()? {
             let path = self.node_cert_path(&NodeId::new(id)?);
             let chain = read_certs(&path, "node certificate")?;
@@ -177,12 +185,19 @@ impl CertDir {
     pub fn renew_node(&self, id: &str) -> Result<CertInfo, TlsError> {
         let id = NodeId::new(id)?;
         let _lock = self.lock()?;
-        let ca = self.issuing_ca()?;
-        let key_path = self.node_key_path(&id);
-        let cert_path = self.node_cert_path(&id);
+        let info = self.reissue(&self.issuing_ca()?, &id)?;
+        tracing::info!(node_id = %id, serial = %info.serial_hex(), not_after = %rfc3339(info.not_after), "renewed the node certificate");
+        Ok(info)
+    }
+
+    /// Issues `id`'s certificate for its existing key, as long-lived as the
+    /// certificate it replaces (or [`CertDir::with_node_validity`] when
+    /// there is none to read), and writes it. The caller holds the lock.
+    fn reissue(&self, ca: &CertAuthority, id: &NodeId) -> Result<CertInfo, TlsError> {
+        let key_path = self.node_key_path(id);
         let key_pem =
             read_text(&key_path, "node private key")?.ok_or_else(|| TlsError::Missing {
-                what: "node private key (a certificate is renewed for its existing key)",
+                what: "node private key (a certificate is issued for its existing key)",
                 path: key_path.clone(),
             })?;
         let validity = match self.node_cert_info(id.as_str()) {
@@ -194,11 +209,13 @@ impl CertDir {
             Err(_) => Validity::from_now(self.node_validity),
         };
         let origin = key_path.display().to_string();
-        let issued = ca.issue_for_key(&id, &key_pem, &origin, validity)?;
-        write_atomic(&cert_path, issued.cert_pem.as_bytes(), CERT_MODE)?;
-        let info = CertInfo::from_der(&issued.cert_der)?;
-        tracing::info!(node_id = %id, serial = %info.serial_hex(), not_after = %rfc3339(info.not_after), "renewed the node certificate");
-        Ok(info)
+        let issued = ca.issue_for_key(id, &key_pem, &origin, validity)?;
+        write_atomic(
+            &self.node_cert_path(id),
+            issued.cert_pem.as_bytes(),
+            CERT_MODE,
+        )?;
+        CertInfo::from_der(&issued.cert_der)
     }
 
     /// Starts a CA rollover: generates a new CA, makes `ca-cert.pem` the
@@ -391,23 +408,14 @@ impl CertDir {
         &self.root
     }
 
-    /// Whether the certificate at `path` is expired or past two thirds of
-    /// its life (an unreadable one is left to the load to report).
-    fn due_for_renewal(&self, path: &Path) -> bool {
-        let Ok(Some(pem)) = read_text(path, "node certificate") else {
-            return false;
-        };
-        let origin = path.display().to_string();
-        let Some(der) = crate::pem::certs(pem.as_bytes(), &origin)
-            .ok()
-            .and_then(|c| c.into_iter().next())
-        else {
-            return false;
-        };
-        let Ok(info) = crate::CertInfo::from_der(&der) else {
-            return false;
-        };
-        SystemTime::now() >= renewal_time(&info, 2.0 / 3.0)
+    /// Whether `id`'s certificate is expired or past two thirds of its life
+    /// (an unreadable one is left to the load to report). A certificate of
+    /// a CA that no longer signs is not renewed at start: the running node
+    /// waits for the rollover grace, so that every node trusts the new CA
+    /// first.
+    fn aged_at_start(&self, id: &NodeId) -> bool {
+        self.node_cert_info(id.as_str())
+            .is_ok_and(|info| aged(&info, 2.0 / 3.0).is_some())
     }
 
     /// `ca-cert.pem`.
@@ -460,7 +468,7 @@ impl CertDir {
         if self.ca_cert_path().exists()
             && cert_path.exists()
             && self.node_key_path(&id).exists()
-            && !self.due_for_renewal(&cert_path)
+            && !self.aged_at_start(&id)
         {
             return Ok(Created::default());
         }
@@ -489,20 +497,12 @@ impl CertDir {
         };
         let key_path = self.node_key_path(&id);
         match (cert_path.exists(), key_path.exists()) {
-            (true, true) if self.due_for_renewal(&cert_path) => {
+            (true, true) if self.aged_at_start(&id) => {
                 // Expired, or past two thirds of its life: renewed for the
                 // same key when this directory can issue; otherwise left
                 // for the load to report (expired) or to run out.
                 if let Some(ca) = &ca {
-                    let origin = key_path.display().to_string();
-                    let key_pem = read_text(&key_path, "node private key")?.unwrap_or_default();
-                    let span = self
-                        .node_cert_info(id.as_str())
-                        .ok()
-                        .and_then(|old| old.not_after.duration_since(old.not_before).ok())
-                        .unwrap_or(self.node_validity);
-                    let issued = ca.issue_for_key(&id, &key_pem, &origin, Validity::like(span))?;
-                    write_atomic(&cert_path, issued.cert_pem.as_bytes(), CERT_MODE)?;
+                    self.reissue(ca, &id)?;
                     created.node = true;
                     tracing::info!(node_id = %id, dir = %self.root.display(), "renewed the node certificate (it was expired or past two thirds of its life)");
                 } else {
@@ -527,16 +527,12 @@ impl CertDir {
                     what: "CA private key (needed to issue a node certificate)",
                     path: self.ca_key_path(),
                 })?;
-                let validity = Validity::from_now(self.node_validity);
                 if key_exists {
                     // The key stays as it is: the certificate is issued for it.
-                    let origin = key_path.display().to_string();
-                    let key_pem = read_text(&key_path, "node private key")?.unwrap_or_default();
-                    let issued = ca.issue_for_key(&id, &key_pem, &origin, validity)?;
-                    write_atomic(&cert_path, issued.cert_pem.as_bytes(), CERT_MODE)?;
+                    self.reissue(&ca, &id)?;
                     tracing::info!(node_id = %id, dir = %self.root.display(), "issued a node certificate for the existing key");
                 } else {
-                    let issued = ca.issue(&id, validity)?;
+                    let issued = ca.issue(&id, Validity::from_now(self.node_validity))?;
                     // Key first: a certificate on disk always has its key beside it.
                     write_atomic(&key_path, issued.key_pem.as_bytes(), KEY_MODE)?;
                     write_atomic(&cert_path, issued.cert_pem.as_bytes(), CERT_MODE)?;
