@@ -185,6 +185,8 @@ pub struct CredentialsWatcher {
     dir: Option<CertDir>,
     config: RenewalConfig,
     files: Option<[Vec<u8>; 3]>,
+    /// The CA files as of the last full look at the directory.
+    ca_seen: Option<CaSeen>,
     new_ca_since: Option<([u8; 32], Instant)>,
     warned_expiry: Option<[u8; 32]>,
     failure: Option<String>,
@@ -197,6 +199,15 @@ impl std::fmt::Debug for CredentialsWatcher {
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
+}
+
+/// The CA files as a watcher last judged them: the bundle's bytes, and the
+/// key's size and modification time (the key itself is read only when a
+/// certificate is issued).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct CaSeen {
+    bundle: Option<Vec<u8>>,
+    key: Option<(u64, Option<SystemTime>)>,
 }
 
 /// What one look at the files did.
@@ -224,6 +235,7 @@ impl CredentialsWatcher {
             dir: None,
             config: RenewalConfig::default(),
             files,
+            ca_seen: None,
             new_ca_since: None,
             warned_expiry: None,
             failure: None,
@@ -270,24 +282,45 @@ impl CredentialsWatcher {
     /// Tokio's blocking threads.
     pub fn check(&mut self) -> Checked {
         let mut checked = Checked::default();
+        let mut files = read_files(&self.options);
         if let Some(dir) = self.dir.clone().filter(CertDir::can_issue) {
-            checked.renewed = self.renew(&dir);
-        }
-        if self.options.source == CertificateSource::File {
-            let now = read_files(&self.options);
-            if now.is_some() && now != self.files {
-                checked.reloaded = self.reload(now);
+            let bundle = files.as_ref().map(|[_, _, ca]| ca.as_slice());
+            checked.renewed = self.renew(&dir, bundle);
+            if checked.renewed.is_some() {
+                files = read_files(&self.options);
             }
+        }
+        if files.is_some() && files != self.files {
+            checked.reloaded = self.reload(files);
         }
         checked.warned = self.warn_expiry();
         set_gauges(&self.credentials.cert_info(), Some(self.renewal_time()));
         checked
     }
 
-    fn renew(&mut self, dir: &CertDir) -> Option<Renewal> {
+    fn renew(&mut self, dir: &CertDir, bundle: Option<&[u8]>) -> Option<Renewal> {
+        // The directory is read (and its CA key parsed) only when something
+        // can be due: the certificate in use reached its renewal time, the
+        // CA bundle or key changed (a rollover), or a new CA's grace runs.
+        let ca = CaSeen {
+            bundle: bundle.map(<[u8]>::to_vec),
+            key: std::fs::metadata(dir.ca_key_path())
+                .ok()
+                .map(|m| (m.len(), m.modified().ok())),
+        };
+        let aging = SystemTime::now() >= self.renewal_time();
+        if !aging && self.new_ca_since.is_none() && self.ca_seen.as_ref() == Some(&ca) {
+            return None;
+        }
         let id = self.credentials.node_id();
         let due = match dir.renewal_due(id.as_str(), self.config.renew_at) {
-            Ok(due) => due,
+            Ok(due) => {
+                self.ca_seen = Some(ca);
+                if due.is_none() {
+                    self.new_ca_since = None;
+                }
+                due
+            }
             Err(e) => {
                 self.fail(format!(
                     "cannot tell whether the node certificate needs renewal: {e}"

@@ -752,14 +752,7 @@ impl Node {
         };
         #[cfg(not(feature = "admin"))]
         let admin = None;
-        let not_after = self
-            .inner
-            .credentials
-            .cert_info()
-            .not_after
-            .duration_since(UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64());
-        metrics::gauge!("aegis_tls_cert_not_after_seconds").set(not_after);
+        // The watcher's first look (at once) also sets the certificate gauges.
         let watcher = self
             .inner
             .watcher
