@@ -403,11 +403,11 @@ pub(crate) mod etcd {
                 () = changed.notified() => {
                     // This node's entry changed (health, services, address):
                     // publish it.
-                    match own_value(topology, local) {
-                        Some(value) if value != registered => {
+                    match topology.get_entry(local.as_str()) {
+                        Some(entry) if Some(&entry) != registered.as_ref() => {
                             let put = PutOptions::new().with_lease(lease);
-                            match client.put(key.clone(), value.clone(), Some(put)).await {
-                                Ok(_) => registered = value,
+                            match client.put(key.clone(), to_json(&entry), Some(put)).await {
+                                Ok(_) => registered = Some(entry),
                                 Err(e) => break lost("update", e),
                             }
                         }
@@ -420,28 +420,34 @@ pub(crate) mod etcd {
         ended
     }
 
-    fn own_value(topology: &Topology, local: &NodeId) -> Option<Vec<u8>> {
-        let entry = topology.get_entry(local.as_str())?;
-        serde_json::to_vec(&entry).ok()
+    fn to_json(entry: &Entry) -> Vec<u8> {
+        serde_json::to_vec(entry).unwrap_or_default()
     }
 
-    /// Puts this node's entry under `lease`; returns what was written.
+    /// Puts this node's entry under `lease`, with a stamp above any it had
+    /// before: others may remember it as dead from a time etcd lost its key
+    /// (the same rule as a gossip node refuting a death). Returns what was
+    /// written.
     async fn register(
         client: &mut Client,
         topology: &Topology,
         local: &NodeId,
         key: &str,
         lease: i64,
-    ) -> Result<Vec<u8>, etcd_client::Error> {
-        let value = own_value(topology, local).unwrap_or_default();
+    ) -> Result<Option<Entry>, etcd_client::Error> {
+        if let Some(me) = topology.get_node(local.as_str()) {
+            let mut info = (*me).clone();
+            info.updated_at = 0;
+            if let Err(e) = topology.update_node(info) {
+                tracing::debug!(node_id = %local, error = %e, "own entry not raised");
+            }
+        }
+        let entry = topology.get_entry(local.as_str());
+        let value = entry.as_ref().map(to_json).unwrap_or_default();
         client
-            .put(
-                key,
-                value.clone(),
-                Some(PutOptions::new().with_lease(lease)),
-            )
+            .put(key, value, Some(PutOptions::new().with_lease(lease)))
             .await?;
-        Ok(value)
+        Ok(entry)
     }
 
     /// Reads every entry under the prefix, applies them, and drops members
@@ -510,14 +516,10 @@ pub(crate) mod etcd {
         tracing::warn!("etcd discovery: skipped an entry: {why}");
     }
 
-    /// Takes an entry from etcd. etcd orders the changes of a key, so the
-    /// newest value wins even if its stamp is not higher (a node that
-    /// registered again after etcd lost it).
+    /// Takes an entry from etcd, by the usual merge rules (a node that
+    /// registers again raises its stamp first, see `register`).
     fn apply(topology: &Topology, entry: Entry) {
         let id = entry.id().clone();
-        if topology.is_forgotten(id.as_str()) {
-            forget_all(topology);
-        }
         match topology.apply(vec![entry]) {
             Ok(report) if !report.changed.is_empty() => {
                 tracing::debug!(node = %id, "etcd discovery: entry taken");
@@ -541,14 +543,7 @@ pub(crate) mod etcd {
             }
             None => {}
         }
-        forget_all(topology);
         tracing::info!(node = %id, "etcd discovery: member gone");
-    }
-
-    /// etcd is the authority here: purged members need no memory (gossip
-    /// keeps it so that an old copy cannot bring one back).
-    fn forget_all(topology: &Topology) {
-        topology.forget_before(SystemTime::now() + Duration::from_secs(86_400));
     }
 
     #[cfg(test)]
