@@ -56,21 +56,19 @@ impl TargetArgs {
 pub(crate) fn parse_target(
     raw: &[String],
     extra: &[&str],
-) -> Result<(TargetArgs, Vec<Arg>), Box<dyn std::error::Error>> {
+) -> Result<(TargetArgs, Vec<Arg>), Usage> {
     let mut with_value = vec!["--cert-dir", "--id", "--peer"];
     with_value.extend_from_slice(extra);
     let (mut dir, mut id, mut peer, mut rest) = (None, None, None, Vec::new());
-    for arg in args::split(raw, &with_value).map_err(UsageError)? {
+    for arg in args::split(raw, &with_value)? {
         match arg {
             Arg::Flag(f, Some(v)) if f == "--cert-dir" => dir = Some(v),
             Arg::Flag(f, Some(v)) if f == "--id" => id = Some(v),
-            Arg::Flag(f, Some(v)) if f == "--peer" => {
-                peer = Some(args::peer(&f, &v).map_err(UsageError)?)
-            }
+            Arg::Flag(f, Some(v)) if f == "--peer" => peer = Some(args::peer(&f, &v)?),
             other => rest.push(other),
         }
     }
-    let missing = |flag: &str| UsageError(Usage(format!("{flag} is required")));
+    let missing = |flag: &str| Usage(format!("{flag} is required"));
     let dir = dir.ok_or_else(|| missing("--cert-dir"))?;
     let id = id.ok_or_else(|| missing("--id"))?;
     let (peer_id, address) = peer.ok_or_else(|| missing("--peer"))?;
@@ -83,26 +81,6 @@ pub(crate) fn parse_target(
         },
         rest,
     ))
-}
-
-/// A usage mistake found while parsing, told apart from a failure.
-#[derive(Debug)]
-pub(crate) struct UsageError(pub(crate) Usage);
-
-impl std::fmt::Display for UsageError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl std::error::Error for UsageError {}
-
-/// Exits as a parse error deserves: usage and 2 for a mistake, 1 otherwise.
-pub(crate) fn exit_for(e: &(dyn std::error::Error + 'static), usage: &str) -> ExitCode {
-    match e.downcast_ref::<UsageError>() {
-        Some(UsageError(u)) => crate::usage_exit(u, usage),
-        None => crate::finish(Err(e.to_string().into())),
-    }
 }
 
 impl Target {
@@ -128,7 +106,7 @@ pub fn main(raw: &[String]) -> ExitCode {
     let parsed = parse_target(raw, &[]);
     let (target, rest) = match parsed {
         Ok(p) => p,
-        Err(e) => return exit_for(e.as_ref(), USAGE),
+        Err(usage) => return crate::usage_exit(&usage, USAGE),
     };
     let mut json = false;
     for arg in rest {

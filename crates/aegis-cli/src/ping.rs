@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::args::{self, Arg, Usage};
-use crate::members::{Target, exit_for, parse_target};
+use crate::members::{Target, parse_target};
 
 /// The usage of `aegis ping`.
 pub const USAGE: &str = "\
@@ -21,7 +21,7 @@ reference implementation's. The calls are made as CLIENT_ID of DIR.";
 pub fn main(raw: &[String]) -> ExitCode {
     let (target, rest) = match parse_target(raw, &["--streams", "--seconds"]) {
         Ok(p) => p,
-        Err(e) => return exit_for(e.as_ref(), USAGE),
+        Err(usage) => return crate::usage_exit(&usage, USAGE),
     };
     let (mut streams, mut seconds) = (1u64, 5u64);
     for arg in rest {

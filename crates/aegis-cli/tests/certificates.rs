@@ -179,6 +179,21 @@ async fn a_ca_rollover_on_a_live_mesh_fails_no_call() {
     }
 }
 
+/// `aegis node` as n1 on any free port, with certificates in `dir`.
+fn node_n1(dir: &str) -> Vec<&str> {
+    vec![
+        "node",
+        "--id",
+        "n1",
+        "--name",
+        "n1",
+        "--address",
+        "127.0.0.1:0",
+        "--cert-dir",
+        dir,
+    ]
+}
+
 /// Writes an expired certificate for `id`'s existing key.
 fn expire(dir: &Path, id: &str) -> String {
     let ca = CertAuthority::from_pem(
@@ -217,17 +232,7 @@ async fn an_expired_certificate_at_start() {
     for f in ["ca-cert.pem", "n1-cert.pem", "n1-key.pem"] {
         std::fs::copy(tmp.path().join(f), managed.path().join(f)).unwrap();
     }
-    let out = aegis(&[
-        "node",
-        "--id",
-        "n1",
-        "--name",
-        "n1",
-        "--address",
-        "127.0.0.1:0",
-        "--cert-dir",
-        managed.path().to_str().unwrap(),
-    ]);
+    let out = aegis(&node_n1(managed.path().to_str().unwrap()));
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -251,18 +256,8 @@ async fn an_expired_certificate_at_start() {
 fn a_mistyped_certificate_directory() {
     let tmp = tempfile::tempdir().unwrap();
     let typo = tmp.path().join("cets");
-    let args = [
-        "node",
-        "--id",
-        "n1",
-        "--name",
-        "n1",
-        "--address",
-        "127.0.0.1:0",
-        "--cert-dir",
-        typo.to_str().unwrap(),
-    ];
-    let mut refused = args.to_vec();
+    let args = node_n1(typo.to_str().unwrap());
+    let mut refused = args.clone();
     refused.push("--require-ca");
     let out = aegis(&refused);
     assert_eq!(out.status.code(), Some(1));
