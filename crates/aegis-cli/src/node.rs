@@ -29,6 +29,7 @@ usage: aegis node --id ID --name NAME --address HOST:PORT [--cert-dir DIR] [--ty
                   [--service NAME/VERSION]... [--peer ID@HOST:PORT]... [--seed HOST:PORT]...
                   [--advertise-address HOST:PORT] [--admin-address IP:PORT] [--print-states]
                   [--require-ca] [--strict-permissions] [--discovery gossip|etcd[s]://HOST:PORT/PREFIX]
+                  [--etcd-user NAME]
 
   --id ID                   the node ID (its certificate's name)
   --name NAME               a display name
@@ -50,6 +51,9 @@ usage: aegis node --id ID --name NAME --address HOST:PORT [--cert-dir DIR] [--ty
                             feature `etcd`; registers under a 10 s lease), or
                             etcds://... : TLS to etcd with this node's certificate,
                             trusting the mesh CA
+  --etcd-user NAME          authenticate to etcd as NAME; the password comes from the
+                            environment variable AEGIS_ETCD_PASSWORD (never a flag:
+                            other users can read a process's arguments)
 
 Logs go to stderr; RUST_LOG sets the filter (e.g. RUST_LOG=info,aegis=debug).";
 
@@ -84,7 +88,12 @@ pub struct Options {
     pub strict_permissions: bool,
     /// `--discovery`.
     pub discovery: Option<aegis::Discovery>,
+    /// `--etcd-user`.
+    pub etcd_user: Option<String>,
 }
+
+/// The environment variable that holds the password of `--etcd-user`.
+pub const ETCD_PASSWORD_ENV: &str = "AEGIS_ETCD_PASSWORD";
 
 /// Parses the flags of `aegis node`.
 ///
@@ -104,6 +113,7 @@ pub fn parse(raw: &[String]) -> Result<Options, Usage> {
         "--seed",
         "--admin-address",
         "--discovery",
+        "--etcd-user",
     ];
     for arg in args::split(raw, &with_value)? {
         match arg {
@@ -116,6 +126,7 @@ pub fn parse(raw: &[String]) -> Result<Options, Usage> {
                 "--type" => out.node_type = Some(v),
                 "--admin-address" => out.admin = Some(v),
                 "--seed" => out.seeds.push(v),
+                "--etcd-user" => out.etcd_user = Some(v),
                 "--discovery" => {
                     out.discovery = Some(
                         aegis::Discovery::parse(&v)
@@ -147,7 +158,43 @@ pub fn parse(raw: &[String]) -> Result<Options, Usage> {
             Arg::Positional(p) => return Err(Usage(format!("unexpected argument {p:?}"))),
         }
     }
+    let from_etcd = matches!(&out.discovery, Some(d) if !matches!(d, aegis::Discovery::Gossip));
+    if out.etcd_user.is_some() && !from_etcd {
+        return Err(Usage(
+            "--etcd-user needs --discovery etcd://... or etcds://...".to_owned(),
+        ));
+    }
     Ok(out)
+}
+
+/// `discovery` authenticating as `user`, with the password from
+/// [`ETCD_PASSWORD_ENV`].
+#[cfg(feature = "etcd")]
+fn with_etcd_user(
+    discovery: aegis::Discovery,
+    user: Option<&str>,
+) -> Result<aegis::Discovery, String> {
+    match (discovery, user) {
+        (aegis::Discovery::Etcd(config), Some(user)) => {
+            let password = std::env::var(ETCD_PASSWORD_ENV).map_err(|_| {
+                format!("--etcd-user {user}: set its password in the environment variable {ETCD_PASSWORD_ENV}")
+            })?;
+            Ok(aegis::Discovery::Etcd(Box::new(
+                config.with_user(user, password),
+            )))
+        }
+        (discovery, _) => Ok(discovery),
+    }
+}
+
+/// Without etcd support no discovery takes a user (parsing refused it).
+#[cfg(not(feature = "etcd"))]
+#[allow(clippy::unnecessary_wraps)]
+fn with_etcd_user(
+    discovery: aegis::Discovery,
+    _user: Option<&str>,
+) -> Result<aegis::Discovery, String> {
+    Ok(discovery)
 }
 
 /// `aegis node ARGS`: runs the node until SIGINT or SIGTERM.
@@ -204,7 +251,10 @@ async fn run(
         builder = builder.with_seed(seed);
     }
     if let Some(discovery) = &args.discovery {
-        builder = builder.with_discovery(discovery.clone());
+        builder = builder.with_discovery(with_etcd_user(
+            discovery.clone(),
+            args.etcd_user.as_deref(),
+        )?);
     }
     let builder = extend(builder, &args);
     let node = builder.build()?;

@@ -449,3 +449,99 @@ async fn tls_to_etcd_with_the_nodes_own_certificates() {
     stranger.shutdown().await.unwrap();
     consumer.shutdown().await.unwrap();
 }
+
+/// etcd with authentication on: `aegis node --etcd-user` (the password
+/// from `AEGIS_ETCD_PASSWORD`) and a node built `with_user` register and
+/// find each other; a node with a wrong password, and one with none, are
+/// refused by etcd and stay alone while the others go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_with_a_user_and_password() {
+    use aegis::EtcdDiscovery;
+    use aegis::etcd_client::Permission;
+
+    let Some(etcd) = Etcd::start() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_str().unwrap();
+    aegis_ok(&[
+        "certs", "gen", "--dir", dir, "n1", "consumer", "wrong", "anon",
+    ]);
+    let mut admin = etcd.client().await;
+    admin.user_add("root", "root-secret", None).await.unwrap();
+    admin.user_grant_role("root", "root").await.unwrap();
+    admin.role_add("mesh").await.unwrap();
+    admin
+        .role_grant_permission("mesh", Permission::read_write(PREFIX).with_prefix())
+        .await
+        .unwrap();
+    admin.user_add("mesh-node", "s3cret", None).await.unwrap();
+    admin.user_grant_role("mesh-node", "mesh").await.unwrap();
+    admin.auth_enable().await.unwrap();
+
+    // Without the password in the environment the flag is refused,
+    // naming the variable.
+    let out = support::aegis(&[
+        "node",
+        "--id",
+        "n1",
+        "--name",
+        "n1",
+        "--address",
+        "127.0.0.1:0",
+        "--cert-dir",
+        dir,
+        "--discovery",
+        &format!("etcd://{}{PREFIX}", etcd.endpoint()),
+        "--etcd-user",
+        "mesh-node",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("AEGIS_ETCD_PASSWORD"), "{stderr}");
+
+    let mut flags = provider_flags(&etcd);
+    flags.extend(["--etcd-user".to_owned(), "mesh-node".to_owned()]);
+    let _n1 = support::start_node_env(
+        "n1",
+        tmp.path(),
+        &flags,
+        &[("AEGIS_ETCD_PASSWORD", "s3cret")],
+    );
+    let with_user = |id: &str, user: Option<(&str, &str)>| {
+        let mut config = EtcdDiscovery::new([etcd.endpoint()], PREFIX);
+        if let Some((name, password)) = user {
+            config = config.with_user(name, password);
+        }
+        Node::builder()
+            .with_id(id)
+            .with_name(id)
+            .with_address("127.0.0.1:0")
+            .with_cert_dir(tmp.path())
+            .with_discovery(Discovery::Etcd(Box::new(config)))
+            .build()
+            .unwrap()
+    };
+    let consumer = with_user("consumer", Some(("mesh-node", "s3cret")));
+    consumer.start_server().await.unwrap();
+    wait_for("both registered with a password", DEADLINE, || {
+        alive(&consumer) == ids(&["n1", "consumer"])
+    })
+    .await;
+    assert_eq!(via_pool(&consumer).await.unwrap(), "n1");
+
+    let wrong = with_user("wrong", Some(("mesh-node", "guess")));
+    wrong.start_server().await.unwrap();
+    let anon = with_user("anon", None);
+    anon.start_server().await.unwrap();
+    for _ in 0..3 {
+        assert_eq!(via_pool(&consumer).await.unwrap(), "n1");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(alive(&wrong), ids(&["wrong"]));
+    assert_eq!(alive(&anon), ids(&["anon"]));
+    assert_eq!(alive(&consumer), ids(&["n1", "consumer"]));
+    for node in [anon, wrong, consumer] {
+        node.shutdown().await.unwrap();
+    }
+}

@@ -45,8 +45,8 @@ pub use aegis_transport as transport;
 pub mod util;
 
 pub use aegis_transport::{
-    Caller, CallerError, Credentials, MeshConnectInfo, PeerCertificate, ServerHandle,
-    caller_from_request, must_caller_from_request, serve_routes,
+    Caller, CallerError, Credentials, MeshConnectInfo, PeerCertificate, RoutesLayer, ServerHandle,
+    caller_from_extensions, caller_from_request, must_caller_from_request, serve_routes,
 };
 pub use error::{PeerError, describe};
 pub use health::{

@@ -8,7 +8,7 @@ use aegis_tls::NodeId;
 #[cfg(doc)]
 use aegis_tls::TlsConfig;
 use aegis_topology::Topology;
-use aegis_transport::{Credentials, ServerConfig, ServerHandle, serve_routes};
+use aegis_transport::{Credentials, RoutesLayer, ServerConfig, ServerHandle, serve_routes};
 use tokio::sync::watch;
 use tonic::service::RoutesBuilder;
 use tonic::{Request, Response, Status};
@@ -79,6 +79,7 @@ pub struct MeshServer {
     health: Health,
     config: MeshServerConfig,
     registrars: Vec<Registrar>,
+    layers: Vec<RoutesLayer>,
     peers: Option<Arc<PeerManager>>,
 }
 
@@ -93,6 +94,7 @@ impl MeshServer {
             health,
             config: MeshServerConfig::default(),
             registrars: Vec::new(),
+            layers: Vec::new(),
             peers: None,
         }
     }
@@ -114,6 +116,13 @@ impl MeshServer {
     /// Adds user services when the server starts.
     pub fn with_registrar(mut self, registrar: Registrar) -> Self {
         self.registrars.push(registrar);
+        self
+    }
+
+    /// Wraps every service of the server (the mesh protocol, health and
+    /// the user's) in `layer`. Layers added later wrap those added before.
+    pub fn with_layer(mut self, layer: RoutesLayer) -> Self {
+        self.layers.push(layer);
         self
     }
 
@@ -143,8 +152,11 @@ impl MeshServer {
         for registrar in &self.registrars {
             registrar(&mut routes);
         }
-        let mut handle =
-            serve_routes(self.credentials, address, routes.routes(), self.config).await?;
+        let routes = self
+            .layers
+            .iter()
+            .fold(routes.routes(), |routes, layer| layer.apply(routes));
+        let mut handle = serve_routes(self.credentials, address, routes, self.config).await?;
         let shutdown = handle.stopping();
         handle.attach(tokio::spawn(follow_health(self.health, reporter, shutdown)));
         Ok(handle)

@@ -9,7 +9,8 @@
 //!   (certificates managed by another tool).
 //! - [`serve_routes`]: tonic routes behind a hardened accept loop (pending
 //!   handshakes bounded in total and per source, a first-byte deadline, a
-//!   handshake deadline, connection caps), with server-wide tower layers.
+//!   handshake deadline, connection caps); [`RoutesLayer`] wraps every
+//!   service of a server in a tower layer.
 //! - [`mtls_channel`]: a lazily connecting tonic channel that checks that
 //!   the server's certificate names the node ID it dialled.
 //! - [`caller_from_request`]: which node is calling, from its verified
@@ -35,6 +36,7 @@ mod caller;
 mod credentials;
 mod dial;
 mod error;
+mod layer;
 pub mod metrics;
 mod server;
 
@@ -48,4 +50,5 @@ pub use dial::{
     mtls_channel, mtls_channel_observed, peer_certificate,
 };
 pub use error::TransportError;
+pub use layer::{RoutesLayer, caller_from_extensions};
 pub use server::{ServerConfig, ServerHandle, serve_routes};

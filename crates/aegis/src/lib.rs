@@ -93,7 +93,7 @@ pub use aegis_topology as topology;
 #[cfg(feature = "peer")]
 pub use aegis_peer::{
     Caller, CallerError, FunctionHealthChecker, HealthChecker, HealthInfo, HealthStatus, Peer,
-    PeerInfo, caller_from_request, must_caller_from_request,
+    PeerInfo, RoutesLayer, caller_from_extensions, caller_from_request, must_caller_from_request,
 };
 #[cfg(feature = "pool")]
 pub use aegis_pool::{BalancedChannel, PoolError, ServiceClient, ServiceClientPool};

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use aegis_peer::transport::{Credentials, CredentialsWatcher, RenewalConfig};
+use aegis_peer::transport::{Credentials, CredentialsWatcher, RenewalConfig, RoutesLayer};
 use aegis_peer::{
     Health, HealthChecker, HealthInfo, HealthResponse, HealthStatus, MeshServer, MeshServerConfig,
     NodeInfoResponse, Peer, PeerConfig, PeerInfo, PeerManager, PingResponse, Registrar,
@@ -34,6 +34,7 @@ pub struct NodeBuilder {
     advertise: Option<String>,
     services: Vec<ServiceInfo>,
     registrars: Vec<Registrar>,
+    layers: Vec<RoutesLayer>,
     grpc_services: Vec<&'static str>,
     seeds: Vec<String>,
     discovery: crate::Discovery,
@@ -77,6 +78,7 @@ impl NodeBuilder {
             advertise: None,
             services: Vec::new(),
             registrars: Vec::new(),
+            layers: Vec::new(),
             grpc_services: Vec::new(),
             seeds: Vec::new(),
             discovery: crate::Discovery::default(),
@@ -214,6 +216,17 @@ impl NodeBuilder {
         register: impl Fn(&mut RoutesBuilder) + Send + Sync + 'static,
     ) -> Self {
         self.registrars.push(Arc::new(register));
+        self
+    }
+
+    /// Wraps every service the node answers (the mesh protocol, health and
+    /// the user's services) in a tower layer: authorization by calling
+    /// node, tracing, concurrency limits. Layers added later wrap those
+    /// added before. The layer sees each call as an HTTP request;
+    /// [`caller_from_extensions`](crate::caller_from_extensions) names the
+    /// calling node. See [`RoutesLayer`] for an example.
+    pub fn with_layer(mut self, layer: RoutesLayer) -> Self {
+        self.layers.push(layer);
         self
     }
 
@@ -459,6 +472,7 @@ impl NodeBuilder {
                 pool: OnceLock::new(),
                 membership,
                 registrars: self.registrars,
+                layers: self.layers,
                 bind,
                 admin,
                 grpc_services: self.grpc_services,
@@ -524,6 +538,7 @@ pub(crate) struct NodeInner {
     pool: OnceLock<ServiceClientPool>,
     membership: Arc<Hub>,
     registrars: Vec<Registrar>,
+    layers: Vec<RoutesLayer>,
     /// The address the server binds (the advertised one is in the entry).
     bind: String,
     /// Where the admin endpoint listens, if anywhere.
@@ -672,6 +687,9 @@ impl Node {
             .with_peers(Arc::clone(&self.inner.peers));
             for r in &self.inner.registrars {
                 server = server.with_registrar(Arc::clone(r));
+            }
+            for layer in &self.inner.layers {
+                server = server.with_layer(layer.clone());
             }
             let handle = server.serve(&configured).await?;
             let bound = handle.local_addr();

@@ -361,3 +361,120 @@ fn a_node_can_refuse_to_start_a_mesh_of_its_own() {
         .build()
         .unwrap();
 }
+
+/// A server-wide layer wraps every service of a node, the mesh protocol
+/// and health as well as the user's, and knows the calling node: here it
+/// admits only nodes named `friend-*` and records what it let through.
+#[tokio::test]
+async fn a_layer_wraps_every_service_and_knows_the_caller() {
+    use std::sync::{Arc, Mutex};
+
+    let dir = tempfile::tempdir().unwrap();
+    let admitted: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let log = Arc::clone(&admitted);
+    let friends_only = aegis::RoutesLayer::new(axum::middleware::from_fn(
+        move |request: axum::extract::Request, next: axum::middleware::Next| {
+            let log = Arc::clone(&log);
+            async move {
+                let caller = match aegis::caller_from_extensions(request.extensions()) {
+                    Ok(caller) => caller.node_id.to_string(),
+                    Err(e) => return Status::unauthenticated(e.to_string()).into_http(),
+                };
+                if !caller.starts_with("friend-") {
+                    return Status::permission_denied(format!("{caller} is no friend")).into_http();
+                }
+                let path = request.uri().path().to_owned();
+                log.lock().unwrap().push((caller, path));
+                next.run(request).await
+            }
+        },
+    ));
+    // A second layer, added later, wraps the first: it sees the refused
+    // calls too.
+    let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = Arc::clone(&seen);
+    let counting = aegis::RoutesLayer::new(axum::middleware::from_fn(
+        move |request: axum::extract::Request, next: axum::middleware::Next| {
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            async move { next.run(request).await }
+        },
+    ));
+    let provider = builder(dir.path(), "p1")
+        .with_grpc_service(echo_v1(), EchoServer::new(Named("p1".into())))
+        .with_layer(friends_only)
+        .with_layer(counting)
+        .build()
+        .unwrap();
+    let address = provider.start_server().await.unwrap().to_string();
+
+    // A friend joins (the mesh protocol passes the layer) and calls the
+    // user's service.
+    let friend = builder(dir.path(), "friend-1").build().unwrap();
+    friend.start_server().await.unwrap();
+    assert_eq!(friend.join(&address).await.unwrap().as_str(), "p1");
+    let mut echo = EchoClient::new(friend.client_pool().balanced("echo", "v1"));
+    friend
+        .wait_for_providers("echo", "v1", 1, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let answer = echo.who_am_i(WhoAmIRequest {}).await.unwrap();
+    assert_eq!(answer.into_inner().caller_id, "p1");
+    {
+        let admitted = admitted.lock().unwrap();
+        assert!(
+            admitted
+                .iter()
+                .any(|(c, p)| c == "friend-1" && p == "/aegis.testing.Echo/WhoAmI"),
+            "{admitted:?}"
+        );
+        assert!(
+            admitted
+                .iter()
+                .any(|(c, p)| c == "friend-1" && p.starts_with("/aegis.MeshService/")),
+            "{admitted:?}"
+        );
+        assert!(
+            admitted.iter().all(|(c, _)| c == "friend-1"),
+            "{admitted:?}"
+        );
+    }
+
+    // Another node of the same mesh is refused on every service, with the
+    // layer's own status.
+    let stranger = builder(dir.path(), "x1").build().unwrap();
+    stranger.start_server().await.unwrap();
+    let err = stranger.join(&address).await.unwrap_err().to_string();
+    assert!(err.contains("x1 is no friend"), "{err}");
+    let channel = aegis::peer::transport::mtls_channel(
+        stranger.tls_config(),
+        &aegis::NodeId::new("p1").unwrap(),
+        &address,
+        &Default::default(),
+    )
+    .unwrap();
+    let status = EchoClient::new(channel.clone())
+        .who_am_i(WhoAmIRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), aegis::tonic::Code::PermissionDenied);
+    assert_eq!(status.message(), "x1 is no friend");
+    let status = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), aegis::tonic::Code::PermissionDenied);
+    assert!(stranger.topology().get_node("p1").is_none());
+    assert!(provider.topology().get_node("x1").is_none());
+    // The outer layer counted the refused calls as well as the admitted.
+    let admitted_count = admitted.lock().unwrap().len();
+    assert!(
+        seen.load(std::sync::atomic::Ordering::Relaxed) >= admitted_count + 3,
+        "counted {} calls, admitted {admitted_count}",
+        seen.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    for n in [stranger, friend, provider] {
+        n.shutdown().await.unwrap();
+    }
+}

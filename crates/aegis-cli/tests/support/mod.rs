@@ -57,11 +57,17 @@ impl Drop for NodeProcess {
 /// Starts `aegis node --id ID --address 127.0.0.1:0 --cert-dir DIR EXTRA...`
 /// and waits for it to listen.
 pub fn start_node(id: &str, dir: &Path, extra: &[String]) -> NodeProcess {
+    start_node_env(id, dir, extra, &[])
+}
+
+/// Like [`start_node`], with environment variables set for the process.
+pub fn start_node_env(id: &str, dir: &Path, extra: &[String], env: &[(&str, &str)]) -> NodeProcess {
     let mut child = Command::new(env!("CARGO_BIN_EXE_aegis"))
         .args(["node", "--id", id, "--name", id, "--address", "127.0.0.1:0"])
         .arg("--cert-dir")
         .arg(dir)
         .args(extra)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
