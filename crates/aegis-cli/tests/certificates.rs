@@ -303,6 +303,8 @@ fn bad_flags_exit_2_with_the_usage() {
         vec!["certs", "gen", "--dir", "d", "not a node id"],
         vec!["certs", "frobnicate"],
         vec!["node", "--bogus"],
+        // A user for etcd without etcd discovery.
+        vec!["node", "--id", "n1", "--etcd-user", "mesh-node"],
         vec!["members", "--cert-dir", "d", "--id", "c"],
         vec![
             "ping",

@@ -97,6 +97,12 @@ pub struct LivenessConfig {
     /// How long a purged member is remembered, so that an old copy of it
     /// held by a partitioned node cannot bring it back. Default: 24 h.
     pub forget_after: Duration,
+    /// Members that serve nothing (client-only nodes: their entry says
+    /// port 0) cannot be probed. Instead each raises its own stamp every
+    /// third of this lease, and a member whose stamp has not risen here
+    /// for a whole lease is marked dead ([`Transition::Silent`]); it comes
+    /// back with its next renewal. Zero turns both off. Default: 30 s.
+    pub client_lease: Duration,
 }
 
 impl Default for LivenessConfig {
@@ -117,6 +123,7 @@ impl Default for LivenessConfig {
             dead_retention: Duration::from_secs(300),
             tombstone_retention: Duration::from_secs(600),
             forget_after: Duration::from_secs(24 * 3600),
+            client_lease: Duration::from_secs(30),
         }
     }
 }
@@ -177,6 +184,15 @@ pub enum Transition {
     Answering {
         /// The member.
         id: NodeId,
+    },
+    /// A member that serves nothing (it cannot be probed) did not renew
+    /// its entry for a whole [`LivenessConfig::client_lease`]: marked dead
+    /// in the topology.
+    Silent {
+        /// The member.
+        id: NodeId,
+        /// How long its stamp had not risen here, in milliseconds.
+        silent_ms: u64,
     },
 }
 
@@ -241,6 +257,11 @@ pub struct Liveness {
     /// Members that serve nothing (a client-only node advertises port 0):
     /// never probed, never asked for help, never sent news.
     unreachable: std::collections::HashSet<NodeId>,
+    /// When the stamp of each member that serves nothing (this node too,
+    /// when it serves nothing) last rose here: the lease they renew.
+    renewed: HashMap<NodeId, u64>,
+    /// Renewals of this node's own entry (when it serves nothing).
+    renewals: u64,
     /// Members by state (`[alive, suspect, dead, left]`), kept with `seen`.
     by_state: [usize; 4],
     news: Vec<Queued<NodeId>>,
@@ -316,6 +337,8 @@ impl Liveness {
             seen: HashMap::new(),
             members: Vec::new(),
             unreachable: std::collections::HashSet::new(),
+            renewed: HashMap::new(),
+            renewals: 0,
             by_state: [0; 4],
             news: Vec::new(),
             notes: Vec::new(),
@@ -357,6 +380,12 @@ impl Liveness {
     /// How many claims about this node it has refuted.
     pub fn refutations(&self) -> u64 {
         self.refutations
+    }
+
+    /// How often this node renewed its own entry because it serves nothing
+    /// ([`LivenessConfig::client_lease`]).
+    pub fn renewals(&self) -> u64 {
+        self.renewals
     }
 
     /// Members that are neither dead nor gone, this node included (as of
@@ -471,8 +500,14 @@ impl Liveness {
         }
         if e.info.address.ends_with(":0") {
             self.unreachable.insert(id.clone());
+            // A new stamp (a renewal, a refutation, a restart) renews the
+            // lease; so does the first sight of the member.
+            if before.is_none_or(|(stamp, _)| stamp != e.stamp) {
+                self.renewed.insert(id.clone(), now_ms);
+            }
         } else {
             self.unreachable.remove(id);
+            self.renewed.remove(id);
         }
         if let Some((_, was)) = before {
             self.by_state[state_index(was)] -= 1;
@@ -516,6 +551,7 @@ impl Liveness {
             self.members.remove(at);
         }
         self.unreachable.remove(id);
+        self.renewed.remove(id);
         if let Some((_, was)) = self.seen.remove(id) {
             self.by_state[state_index(was)] -= 1;
         }
@@ -524,10 +560,13 @@ impl Liveness {
     }
 
     /// Runs the clock: fires the suspicion timers that ran out (marking those
-    /// members dead in the topology), and notices a stall of this node (a
-    /// tick more than two periods after the last one), which lowers its
-    /// health and gives every running timer at least one more period.
-    /// Call once per period, before [`Liveness::probes`].
+    /// members dead in the topology), marks dead the members that serve
+    /// nothing and did not renew their lease, renews this node's own entry
+    /// when it serves nothing, and notices a stall of this node (a tick
+    /// more than two periods after the last one), which lowers its health,
+    /// gives every running timer at least one more period and every lease
+    /// at least half a lease more. Call once per period, before
+    /// [`Liveness::probes`].
     pub fn tick(&mut self, topology: &Topology, now_ms: u64) -> Vec<Transition> {
         self.refresh(topology, now_ms);
         let period = ms(self.config.period);
@@ -538,6 +577,11 @@ impl Liveness {
             let resume = now_ms.saturating_add(period);
             for t in self.timers.values_mut() {
                 t.not_before_ms = t.not_before_ms.max(resume);
+            }
+            // Renewals held up meanwhile get time to arrive.
+            let floor = now_ms.saturating_sub(ms(self.config.client_lease) / 2);
+            for t in self.renewed.values_mut() {
+                *t = (*t).max(floor);
             }
         }
         self.last_tick_ms = Some(now_ms);
@@ -567,8 +611,63 @@ impl Liveness {
                 suspect_ms: now_ms.saturating_sub(timer.started_ms),
             });
         }
+        out.extend(self.expire_leases(topology, now_ms));
+        self.renew_own(topology, now_ms);
         self.refresh(topology, now_ms);
         out
+    }
+
+    /// Marks dead the members that serve nothing and whose stamp has not
+    /// risen here for a whole lease.
+    fn expire_leases(&mut self, topology: &Topology, now_ms: u64) -> Vec<Transition> {
+        let lease = ms(self.config.client_lease);
+        if lease == 0 {
+            return Vec::new();
+        }
+        let mut silent: Vec<(NodeId, u64)> = self
+            .renewed
+            .iter()
+            .filter(|(id, since)| **id != self.local && now_ms.saturating_sub(**since) >= lease)
+            .filter(|(id, _)| {
+                self.seen
+                    .get(*id)
+                    .is_some_and(|(_, s)| matches!(s, NodeState::Alive | NodeState::Suspect))
+            })
+            .map(|(id, since)| (id.clone(), *since))
+            .collect();
+        silent.sort();
+        let mut out = Vec::new();
+        for (id, since) in silent {
+            if topology.mark(id.as_str(), NodeState::Dead).unwrap_or(false) {
+                out.push(Transition::Silent {
+                    id,
+                    silent_ms: now_ms.saturating_sub(since),
+                });
+            }
+        }
+        out
+    }
+
+    /// Raises this node's own stamp every third of a lease while it serves
+    /// nothing, so that others, which cannot probe it, know it is there.
+    fn renew_own(&mut self, topology: &Topology, now_ms: u64) {
+        let every = ms(self.config.client_lease) / 3;
+        if every == 0 || !self.unreachable.contains(&self.local) {
+            return;
+        }
+        let last = *self.renewed.entry(self.local.clone()).or_insert(now_ms);
+        if now_ms.saturating_sub(last) < every {
+            return;
+        }
+        let Some(me) = topology.get_node(self.local.as_str()) else {
+            return;
+        };
+        let mut info = (*me).clone();
+        info.updated_at = 0;
+        if topology.update_node(info).is_ok() {
+            self.renewals += 1;
+            self.renewed.insert(self.local.clone(), now_ms);
+        }
     }
 
     /// Whom to probe this period: members that have not left, at most

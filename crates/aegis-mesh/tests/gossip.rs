@@ -367,3 +367,43 @@ fn steady_traffic_per_node_does_not_grow_with_the_mesh() {
         "{small} B/s at N = 50, {large} at N = 200"
     );
 }
+
+/// Client-only members (nobody can probe them) in a mesh under 5 % loss:
+/// their lease renewals keep them alive everywhere for ten simulated
+/// minutes; one that crashes is dead everywhere within its lease (plus
+/// what the news takes to spread) after its last renewal.
+#[test]
+fn client_only_members_renew_their_lease_and_a_crashed_one_is_found() {
+    let n = 12;
+    let clients = [10, 11];
+    let lease_ms = LivenessConfig::default().client_lease.as_millis() as u64;
+    let mut sim = Sim::new(n, 1, 61).with_liveness(LivenessConfig::default());
+    for c in clients {
+        sim.serve_nothing(c);
+    }
+    sim.rounds_to_converge(4 * bound(n)).expect("converges");
+    let stamp_of = |sim: &Sim, c: usize| sim.nodes[0].get_entry(&id(c)).unwrap().stamp;
+    let before: Vec<Stamp> = clients.iter().map(|&c| stamp_of(&sim, c)).collect();
+    let report = sim.run_fault(&Fault::Loss(0.05), 600_000);
+    assert!(report.deaths.is_empty(), "{:?}", report.deaths);
+    for (k, &c) in clients.iter().enumerate() {
+        let after = stamp_of(&sim, c);
+        // A renewal every 10 s: about 60 in ten minutes.
+        assert!(
+            after.version >= before[k].version + 50,
+            "{before:?} -> {after:?}"
+        );
+        for i in 0..n {
+            assert_eq!(sim.nodes[i].state_of(&id(c)), Some(NodeState::Alive));
+        }
+    }
+    // Node 11 crashes: no probe can find it; its lease does.
+    let took = sim.crash(11, 3 * lease_ms).expect("dead everywhere");
+    println!("a crashed client-only node was dead everywhere after {took} ms");
+    assert!(took <= lease_ms + 5_000, "{took} ms");
+    assert!(
+        took >= lease_ms - 10_000,
+        "{took} ms: before its lease ran out"
+    );
+    assert_eq!(sim.nodes[0].state_of(&id(10)), Some(NodeState::Alive));
+}

@@ -583,3 +583,136 @@ fn a_client_only_member_is_never_probed() {
     }
     assert_eq!(t.state_of("client"), Some(NodeState::Alive));
 }
+
+/// An entry of the client-only member `id` (port 0) at `version`.
+fn client_at(id: &str, version: u64) -> Entry {
+    Entry::new(
+        NodeInfo::new(id, "c", "127.0.0.1:0").unwrap(),
+        Stamp::new(NOW, version),
+        NodeState::Alive,
+    )
+}
+
+/// A client-only member cannot be probed, so it holds a lease: while its
+/// stamp keeps rising it stays alive; once it stops, it is marked dead
+/// (once) a lease after its last renewal was seen; its next renewal brings
+/// it back. (It used to stay alive for ever after a crash.)
+#[test]
+fn a_client_only_member_that_stops_renewing_is_dead_after_its_lease() {
+    let t = owned("me");
+    t.apply(vec![client_at("client", 1)]).unwrap();
+    let mut l = Liveness::new(node("me"), LivenessConfig::default());
+    let lease = LivenessConfig::default().client_lease.as_millis() as u64;
+    let mut version = 1;
+    let mut last_renewal = NOW;
+    let mut silent = Vec::new();
+    let mut now = NOW;
+    // Two minutes of renewals every 10 s: never dead.
+    while now < NOW + 120_000 {
+        if now - last_renewal >= 10_000 {
+            version += 1;
+            t.apply(vec![client_at("client", version)]).unwrap();
+            last_renewal = now;
+        }
+        silent.extend(l.tick(&t, now));
+        assert_eq!(t.state_of("client"), Some(NodeState::Alive), "at {now}");
+        now += 300;
+    }
+    assert!(silent.is_empty(), "{silent:?}");
+    // It stops renewing: dead a lease after the last renewal, not before.
+    let stopped = last_renewal;
+    while t.state_of("client") == Some(NodeState::Alive) {
+        silent.extend(l.tick(&t, now));
+        assert!(now < stopped + lease + 1_000, "still alive at {now}");
+        now += 300;
+    }
+    let died = now - 300;
+    assert!(died >= stopped + lease, "dead after {} ms", died - stopped);
+    assert!(
+        matches!(&silent[..], [Transition::Silent { id, silent_ms }]
+            if id.as_str() == "client" && *silent_ms >= lease),
+        "{silent:?}"
+    );
+    for _ in 0..100 {
+        assert!(l.tick(&t, now).is_empty());
+        now += 300;
+    }
+    assert_eq!(t.state_of("client"), Some(NodeState::Dead));
+    // Its next renewal refutes the death.
+    t.apply(vec![client_at("client", version + 1)]).unwrap();
+    for _ in 0..10 {
+        assert!(l.tick(&t, now).is_empty());
+        now += 300;
+    }
+    assert_eq!(t.state_of("client"), Some(NodeState::Alive));
+}
+
+/// A node that serves nothing renews its own entry every third of the
+/// lease (a new stamp, queued as news); a node that serves does not.
+#[test]
+fn a_client_only_node_renews_its_own_entry() {
+    let t = Topology::with_config(TopologyConfig {
+        local_id: Some(node("me")),
+        generation: NOW,
+        limits: Limits::default(),
+        ..TopologyConfig::default()
+    });
+    t.add_node(NodeInfo::new("me", "me", "127.0.0.1:0").unwrap())
+        .unwrap();
+    t.apply(vec![alive("server")]).unwrap();
+    let mut l = Liveness::new(node("me"), LivenessConfig::default());
+    let mut stamps = vec![t.get_entry("me").unwrap().stamp];
+    let mut now = NOW;
+    while now <= NOW + 62_000 {
+        l.tick(&t, now);
+        let stamp = t.get_entry("me").unwrap().stamp;
+        if stamp != *stamps.last().unwrap() {
+            stamps.push(stamp);
+            assert!(l.has_news(), "a renewal is news");
+            while l.has_news() {
+                l.piggyback(&t, &node("server"));
+            }
+        }
+        now += 300;
+    }
+    // At the first tick at least 10 s after the last: 10.2, 20.4, ...,
+    // 61.2 s (ticks every 300 ms).
+    assert_eq!(stamps.len(), 7, "{stamps:?}");
+    assert_eq!(l.renewals(), 6);
+    assert!(stamps.windows(2).all(|w| w[0] < w[1]));
+
+    let (t, mut l, _) = setup();
+    let before = t.get_entry("me").unwrap().stamp;
+    for round in 0..400u64 {
+        l.tick(&t, NOW + round * 300);
+    }
+    assert_eq!(t.get_entry("me").unwrap().stamp, before);
+    assert_eq!(l.renewals(), 0);
+}
+
+/// A node that was stalled (it missed its own periods) gives the leases
+/// of client-only members at least half a lease more: their renewals
+/// were held up with it.
+#[test]
+fn a_stalled_node_does_not_take_held_up_renewals_for_silence() {
+    let t = owned("me");
+    t.apply(vec![client_at("client", 1)]).unwrap();
+    let mut l = Liveness::new(node("me"), LivenessConfig::default());
+    let mut now = NOW;
+    while now < NOW + 20_000 {
+        assert!(l.tick(&t, now).is_empty());
+        now += 300;
+    }
+    // Stalled for 25 s: 45 s since the client was last seen renewing.
+    now += 25_000;
+    assert!(l.tick(&t, now).is_empty(), "no death right after a stall");
+    assert_eq!(t.state_of("client"), Some(NodeState::Alive));
+    // A renewal arrives soon after: alive.
+    t.apply(vec![client_at("client", 2)]).unwrap();
+    let resumed = now;
+    while now < resumed + 20_000 {
+        assert!(l.tick(&t, now).is_empty());
+        now += 300;
+    }
+    assert_eq!(t.state_of("client"), Some(NodeState::Alive));
+}

@@ -58,6 +58,7 @@ use tokio::sync::watch;
 ///     (Duration::from_secs(600), Duration::from_secs(300))
 /// );
 /// assert_eq!((lan.leave_fanout, lan.leave_timeout), (32, Duration::from_secs(2)));
+/// assert_eq!(lan.client_lease, Duration::from_secs(30));
 ///
 /// // Far apart: slower, more patient.
 /// let wan = MeshConfig::wan();
@@ -107,6 +108,12 @@ pub struct MeshConfig {
     pub leave_fanout: usize,
     /// How long `shutdown` spends telling them. Default: 2 s.
     pub leave_timeout: Duration,
+    /// A node that serves nothing (`start_client`) cannot be probed: it
+    /// renews its entry every third of this instead, and the others mark
+    /// it dead when they have seen no renewal for this long (a crashed
+    /// client-only node used to stay alive in every view). Zero turns it
+    /// off. Default: 30 s (WAN: 60 s).
+    pub client_lease: Duration,
 }
 
 impl Default for MeshConfig {
@@ -135,6 +142,7 @@ impl MeshConfig {
             dead_retention: liveness.dead_retention,
             leave_fanout: 32,
             leave_timeout: Duration::from_secs(2),
+            client_lease: liveness.client_lease,
         }
     }
 
@@ -149,6 +157,7 @@ impl MeshConfig {
             sync_timeout: Duration::from_secs(5),
             suspicion_mult: 6,
             leave_timeout: Duration::from_secs(5),
+            client_lease: Duration::from_secs(60),
             ..Self::lan()
         }
     }
@@ -171,6 +180,7 @@ impl MeshConfig {
             tombstone_retention: self.tombstone_retention,
             dead_retention: self.dead_retention,
             indirect_checks: self.indirect_checks,
+            client_lease: self.client_lease,
             ..LivenessConfig::default()
         }
     }
@@ -233,7 +243,7 @@ pub(crate) async fn run(driver: Driver, mut stop: watch::Receiver<bool>, seed: u
 fn log_transition(local: &NodeId, t: Transition) {
     let state = match &t {
         Transition::Suspect { .. } => "suspect",
-        Transition::Dead { .. } => "dead",
+        Transition::Dead { .. } | Transition::Silent { .. } => "dead",
         Transition::Answering { .. } => "answering",
     };
     metrics::counter!("aegis_member_transitions_total", "to" => state).increment(1);
@@ -251,6 +261,9 @@ fn log_transition(local: &NodeId, t: Transition) {
         }
         Transition::Answering { id } => {
             tracing::info!(node_id = %local, peer = %id, "peer answers again");
+        }
+        Transition::Silent { id, silent_ms } => {
+            tracing::warn!(node_id = %local, peer = %id, silent_ms, "client-only peer dead: it stopped renewing its entry");
         }
     }
 }
@@ -351,6 +364,7 @@ async fn round(driver: &Driver, peers: &PeerManager, rng: &mut Rng) -> Vec<NodeI
     }
     metrics::gauge!("aegis_local_health").set(f64::from(l.health()));
     metrics::counter!("aegis_refutations_total").absolute(l.refutations());
+    metrics::counter!("aegis_client_renewals_total").absolute(l.renewals());
     // `aegis_members{state}`: the members this node holds, by state.
     for (state, n) in ["alive", "suspect", "dead", "left"]
         .into_iter()

@@ -338,6 +338,56 @@ async fn a_client_only_node_follows_the_mesh_and_is_never_dialled() {
     }
 }
 
+/// A client-only node cannot be probed: it renews its entry instead, and
+/// once it crashes (dropped without `shutdown`: no leave is announced) the
+/// provider marks it dead when its lease runs out. It used to stay alive
+/// in every view for ever.
+#[tokio::test]
+async fn a_crashed_client_only_node_is_found_dead_by_its_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    let mesh = MeshConfig {
+        client_lease: Duration::from_secs(3),
+        ..MeshConfig::default()
+    };
+    let provider = builder(dir.path(), "p1")
+        .with_mesh_loop(mesh)
+        .build()
+        .unwrap();
+    let address = provider.start_server().await.unwrap().to_string();
+    let client = builder(dir.path(), "client")
+        .with_mesh_loop(mesh)
+        .with_seed(&address)
+        .build()
+        .unwrap();
+    client.start_client().await.unwrap();
+    support::wait_until(
+        Duration::from_secs(10),
+        "the provider knows the client",
+        || provider.topology().get_node("client").is_some(),
+    )
+    .await;
+    let first = provider.topology().get_entry("client").unwrap().stamp;
+    // Renewals (a new stamp every second) reach the provider.
+    support::wait_until(Duration::from_secs(20), "two renewals arrive", || {
+        provider
+            .topology()
+            .get_entry("client")
+            .is_some_and(|e| e.stamp.version >= first.version + 2)
+    })
+    .await;
+    assert_eq!(
+        provider.topology().state_of("client"),
+        Some(NodeState::Alive)
+    );
+    drop(client);
+    let took = support::wait_until(Duration::from_secs(30), "the client found dead", || {
+        provider.topology().state_of("client") == Some(NodeState::Dead)
+    })
+    .await;
+    println!("a crashed client-only node was dead after {took:?} (lease 3 s)");
+    provider.shutdown().await.unwrap();
+}
+
 /// A certificate directory without a CA (a typo in its path) is refused
 /// when the node requires an existing CA, naming the missing file; nothing
 /// is written.

@@ -160,6 +160,16 @@ impl Sim {
         self
     }
 
+    /// Makes node `i` client-only: it serves nothing (its entry says port
+    /// 0), so nobody probes it.
+    pub fn serve_nothing(&mut self, i: usize) {
+        let mut me = info(i);
+        me.address = "127.0.0.1:0".to_owned();
+        self.nodes[i]
+            .update_node(me)
+            .expect("the node is in its own topology");
+    }
+
     pub fn index_of(&self, id: &NodeId) -> Option<usize> {
         self.index.get(id).copied()
     }
@@ -443,7 +453,8 @@ impl Sim {
         self.transitions
             .iter()
             .filter_map(|(observer, t)| match t {
-                aegis_mesh::Transition::Dead { id, .. } => Some((observer, id, t)),
+                aegis_mesh::Transition::Dead { id, .. }
+                | aegis_mesh::Transition::Silent { id, .. } => Some((observer, id, t)),
                 aegis_mesh::Transition::Suspect { id, .. } if !deaths_only => {
                     Some((observer, id, t))
                 }
