@@ -271,6 +271,11 @@ pub struct Liveness {
     refutations: u64,
 }
 
+/// The time of what is seen before the first tick (which has no clock of
+/// its own): the first tick sets it to its own time, and until then
+/// nothing counted from it runs out.
+const UNTIMED: u64 = u64::MAX;
+
 /// Changes (and suspicions) waiting to be piggybacked, at most; the ones
 /// sent most often go first when there are more.
 const MAX_QUEUED: usize = 256;
@@ -569,6 +574,18 @@ impl Liveness {
     /// [`Liveness::probes`].
     pub fn tick(&mut self, topology: &Topology, now_ms: u64) -> Vec<Transition> {
         self.refresh(topology, now_ms);
+        if self.last_tick_ms.is_none() {
+            for t in self.timers.values_mut() {
+                if t.started_ms == UNTIMED {
+                    t.started_ms = now_ms;
+                }
+            }
+            for t in self.renewed.values_mut() {
+                if *t == UNTIMED {
+                    *t = now_ms;
+                }
+            }
+        }
         let period = ms(self.config.period);
         if let Some(last) = self.last_tick_ms
             && now_ms.saturating_sub(last) > 2 * ms(self.scale(self.config.period))
@@ -961,7 +978,7 @@ impl Liveness {
     /// first, whatever was sent before, so that it refutes at the first
     /// exchange with anyone who holds the claim (Lifeguard's buddy system).
     pub fn piggyback(&mut self, topology: &Topology, to: &NodeId) -> Piggyback {
-        self.refresh(topology, self.last_tick_ms.unwrap_or(0));
+        self.refresh(topology, self.last_tick_ms.unwrap_or(UNTIMED));
         let limit = self.retransmit_limit();
         let max = self.config.max_piggyback.min(MAX_PIGGYBACK);
         let suspicions = take(&mut self.notes, max, limit);

@@ -716,3 +716,38 @@ fn a_stalled_node_does_not_take_held_up_renewals_for_silence() {
     }
     assert_eq!(t.state_of("client"), Some(NodeState::Alive));
 }
+
+/// What a node learns before its first tick (a sync or a probe answered
+/// while it starts: `piggyback` reads the topology then) has no time of
+/// its own yet: it counts from the first tick, not from the epoch. A
+/// client-only member learnt that way used to be dead at the first tick,
+/// and a suspect's timer fired at once.
+#[test]
+fn what_is_learnt_before_the_first_tick_counts_from_the_first_tick() {
+    let t = owned("me");
+    t.apply(vec![
+        client_at("client", 1),
+        at("x", 1, NodeState::Suspect),
+        alive("y"),
+    ])
+    .unwrap();
+    let mut l = Liveness::new(node("me"), LivenessConfig::default());
+    l.piggyback(&t, &node("y"));
+    let mut now = NOW;
+    for _ in 0..3 {
+        let transitions = l.tick(&t, now);
+        assert!(transitions.is_empty(), "{transitions:?}");
+        now += 300;
+    }
+    assert_eq!(t.state_of("client"), Some(NodeState::Alive));
+    assert_eq!(t.state_of("x"), Some(NodeState::Suspect));
+    // The suspicion still runs out in time, and the lease too.
+    let mut transitions = Vec::new();
+    while now < NOW + 40_000 {
+        transitions.extend(l.tick(&t, now));
+        now += 300;
+    }
+    assert_eq!(t.state_of("x"), Some(NodeState::Dead));
+    assert_eq!(t.state_of("client"), Some(NodeState::Dead));
+    assert_eq!(transitions.len(), 2, "{transitions:?}");
+}
