@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use aegis::peer::transport::{Credentials, CredentialsWatcher, peer_certificate};
 use aegis::tls::{CertAuthority, CertDir, Validity};
-use support::{Caller, DEADLINE, aegis, aegis_ok, node_id, start_node, wait_until};
+use support::{Caller, DEADLINE, aegis, aegis_ok, node_id, node_n1, start_node, wait_until};
 
 fn start_mesh(dir: &Path) -> Vec<support::NodeProcess> {
     let n1 = start_node("n1", dir, &[]);
@@ -177,21 +177,6 @@ async fn a_ca_rollover_on_a_live_mesh_fails_no_call() {
     for id in ["n1", "n2", "n3", "client"] {
         assert!(from_new_ca(id), "{id}");
     }
-}
-
-/// `aegis node` as n1 on any free port, with certificates in `dir`.
-fn node_n1(dir: &str) -> Vec<&str> {
-    vec![
-        "node",
-        "--id",
-        "n1",
-        "--name",
-        "n1",
-        "--address",
-        "127.0.0.1:0",
-        "--cert-dir",
-        dir,
-    ]
 }
 
 /// Writes an expired certificate for `id`'s existing key.

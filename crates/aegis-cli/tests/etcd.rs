@@ -481,21 +481,10 @@ async fn etcd_with_a_user_and_password() {
 
     // Without the password in the environment the flag is refused,
     // naming the variable.
-    let out = support::aegis(&[
-        "node",
-        "--id",
-        "n1",
-        "--name",
-        "n1",
-        "--address",
-        "127.0.0.1:0",
-        "--cert-dir",
-        dir,
-        "--discovery",
-        &format!("etcd://{}{PREFIX}", etcd.endpoint()),
-        "--etcd-user",
-        "mesh-node",
-    ]);
+    let discovery = format!("etcd://{}{PREFIX}", etcd.endpoint());
+    let mut args = support::node_n1(dir);
+    args.extend(["--discovery", &discovery, "--etcd-user", "mesh-node"]);
+    let out = support::aegis(&args);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("AEGIS_ETCD_PASSWORD"), "{stderr}");

@@ -22,6 +22,21 @@ pub fn aegis(args: &[&str]) -> Output {
         .expect("aegis runs")
 }
 
+/// `aegis node` as n1 on any free port, with certificates in `dir`.
+pub fn node_n1(dir: &str) -> Vec<&str> {
+    vec![
+        "node",
+        "--id",
+        "n1",
+        "--name",
+        "n1",
+        "--address",
+        "127.0.0.1:0",
+        "--cert-dir",
+        dir,
+    ]
+}
+
 /// Runs `aegis ARGS` and insists that it succeeds.
 pub fn aegis_ok(args: &[&str]) -> String {
     let out = aegis(args);
