@@ -5,8 +5,11 @@
 //! (nodes, seeds, simulated minutes per fault). For each seed: the steady
 //! traffic per node, the time until a crashed node is dead everywhere, and
 //! false suspicions and deaths under 10 % message loss, a one-way broken
-//! link, and a node stalling 500 ms every 5 s. Exits non-zero on a false
-//! death or a crash not found within the budget.
+//! link, and a node stalling 500 ms every 5 s; with a tenth of the nodes
+//! client-only (they renew a lease instead of being probed): the steady
+//! traffic, a crashed one found by its lease, false deaths under 10 %
+//! loss. Exits non-zero on a false death or a crash not found within the
+//! budget.
 
 #[path = "../tests/support/sim.rs"]
 mod sim;
@@ -15,7 +18,15 @@ use aegis_mesh::LivenessConfig;
 use sim::{Fault, Sim};
 
 fn converged(n: usize, seed: u64) -> Sim {
+    converged_with_clients(n, 0, seed)
+}
+
+/// A converged mesh whose last `clients` nodes serve nothing.
+fn converged_with_clients(n: usize, clients: usize, seed: u64) -> Sim {
     let mut sim = Sim::new(n, 1, seed).with_liveness(LivenessConfig::default());
+    for c in n - clients..n {
+        sim.serve_nothing(c);
+    }
     let bound = 12 * (n as f64).log2().ceil() as usize;
     if sim.rounds_to_converge(bound).is_none() {
         eprintln!("N = {n}, seed {seed}: not converged within {bound} rounds");
@@ -84,6 +95,42 @@ fn main() {
         let wrong = sim.false_accusations(&[victim], true);
         if !wrong.is_empty() {
             println!("seed {seed}: false deaths during the crash: {wrong:?}");
+            failed = true;
+        }
+        // A tenth of the mesh serves nothing: those nodes renew a lease
+        // instead of being probed.
+        let clients = (n / 10).max(1);
+        let mut sim = converged_with_clients(n, clients, seed * 1000);
+        let rounds = config.client_lease.as_millis() as u64 / period_ms;
+        let (mut msgs, mut bytes) = (0.0, 0.0);
+        for _ in 0..rounds {
+            let (m, b) = sim.steady_traffic();
+            msgs += m / rounds as f64;
+            bytes += b / rounds as f64;
+        }
+        println!(
+            "seed {seed}: with {clients} client-only nodes: {msgs:.1} messages and {bytes:.0} bytes per node per second"
+        );
+        let lease_ms = config.client_lease.as_millis() as u64;
+        match sim.crash(n - 1, 2 * lease_ms) {
+            Some(ms) => println!(
+                "seed {seed}: a crashed client-only node was dead everywhere after {ms} ms (lease {lease_ms} ms)"
+            ),
+            None => {
+                println!(
+                    "seed {seed}: a crashed client-only node was NOT dead everywhere within {} ms",
+                    2 * lease_ms
+                );
+                failed = true;
+            }
+        }
+        let r = sim.run_fault(&Fault::Loss(0.10), minutes * 60_000);
+        println!(
+            "seed {seed}: 10 % loss with {clients} client-only nodes: {} false deaths",
+            r.deaths.len()
+        );
+        if let Some(d) = r.deaths.first() {
+            println!("  first: {d}");
             failed = true;
         }
         for (name, fault) in &faults {

@@ -388,9 +388,9 @@ fn client_only_members_renew_their_lease_and_a_crashed_one_is_found() {
     assert!(report.deaths.is_empty(), "{:?}", report.deaths);
     for (k, &c) in clients.iter().enumerate() {
         let after = stamp_of(&sim, c);
-        // A renewal every 10 s: about 60 in ten minutes.
+        // A renewal every half lease (30 s): about 20 in ten minutes.
         assert!(
-            after.version >= before[k].version + 50,
+            after.version >= before[k].version + 15,
             "{before:?} -> {after:?}"
         );
         for i in 0..n {
@@ -400,10 +400,8 @@ fn client_only_members_renew_their_lease_and_a_crashed_one_is_found() {
     // Node 11 crashes: no probe can find it; its lease does.
     let took = sim.crash(11, 3 * lease_ms).expect("dead everywhere");
     println!("a crashed client-only node was dead everywhere after {took} ms");
+    // Its last renewal was at most half a lease before the crash.
     assert!(took <= lease_ms + 5_000, "{took} ms");
-    assert!(
-        took >= lease_ms - 10_000,
-        "{took} ms: before its lease ran out"
-    );
+    assert!(took >= lease_ms / 2, "{took} ms: before its lease ran out");
     assert_eq!(sim.nodes[0].state_of(&id(10)), Some(NodeState::Alive));
 }

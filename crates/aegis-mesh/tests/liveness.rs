@@ -607,7 +607,8 @@ fn a_client_only_member_that_stops_renewing_is_dead_after_its_lease() {
     let mut last_renewal = NOW;
     let mut silent = Vec::new();
     let mut now = NOW;
-    // Two minutes of renewals every 10 s: never dead.
+    // Two minutes of renewals every 10 s (more often than a client would):
+    // never dead.
     while now < NOW + 120_000 {
         if now - last_renewal >= 10_000 {
             version += 1;
@@ -647,7 +648,7 @@ fn a_client_only_member_that_stops_renewing_is_dead_after_its_lease() {
     assert_eq!(t.state_of("client"), Some(NodeState::Alive));
 }
 
-/// A node that serves nothing renews its own entry every third of the
+/// A node that serves nothing renews its own entry every half of the
 /// lease (a new stamp, queued as news); a node that serves does not.
 #[test]
 fn a_client_only_node_renews_its_own_entry() {
@@ -660,7 +661,11 @@ fn a_client_only_node_renews_its_own_entry() {
     t.add_node(NodeInfo::new("me", "me", "127.0.0.1:0").unwrap())
         .unwrap();
     t.apply(vec![alive("server")]).unwrap();
-    let mut l = Liveness::new(node("me"), LivenessConfig::default());
+    let config = LivenessConfig {
+        client_lease: Duration::from_secs(20),
+        ..LivenessConfig::default()
+    };
+    let mut l = Liveness::new(node("me"), config);
     let mut stamps = vec![t.get_entry("me").unwrap().stamp];
     let mut now = NOW;
     while now <= NOW + 62_000 {
@@ -697,7 +702,11 @@ fn a_client_only_node_renews_its_own_entry() {
 fn a_stalled_node_does_not_take_held_up_renewals_for_silence() {
     let t = owned("me");
     t.apply(vec![client_at("client", 1)]).unwrap();
-    let mut l = Liveness::new(node("me"), LivenessConfig::default());
+    let config = LivenessConfig {
+        client_lease: Duration::from_secs(30),
+        ..LivenessConfig::default()
+    };
+    let mut l = Liveness::new(node("me"), config);
     let mut now = NOW;
     while now < NOW + 20_000 {
         assert!(l.tick(&t, now).is_empty());
@@ -743,11 +752,39 @@ fn what_is_learnt_before_the_first_tick_counts_from_the_first_tick() {
     assert_eq!(t.state_of("x"), Some(NodeState::Suspect));
     // The suspicion still runs out in time, and the lease too.
     let mut transitions = Vec::new();
-    while now < NOW + 40_000 {
+    while now < NOW + 70_000 {
         transitions.extend(l.tick(&t, now));
         now += 300;
     }
     assert_eq!(t.state_of("x"), Some(NodeState::Dead));
     assert_eq!(t.state_of("client"), Some(NodeState::Dead));
     assert_eq!(transitions.len(), 2, "{transitions:?}");
+}
+
+/// Another member's renewal (a new stamp, same state) is not news: it
+/// travels by anti-entropy, or every node would piggyback every renewal.
+/// A change of its state still is.
+#[test]
+fn another_members_renewal_is_not_news_but_its_death_is() {
+    let t = owned("me");
+    t.apply(vec![alive("server"), client_at("client", 1)])
+        .unwrap();
+    let mut l = Liveness::new(node("me"), LivenessConfig::default());
+    let mut now = NOW;
+    l.tick(&t, now);
+    while l.has_news() {
+        l.piggyback(&t, &node("server"));
+    }
+    for version in 2..5 {
+        t.apply(vec![client_at("client", version)]).unwrap();
+        now += 300;
+        l.tick(&t, now);
+        assert!(!l.has_news(), "renewal {version} queued as news");
+    }
+    let mut dead = client_at("client", 4);
+    dead.state = NodeState::Dead;
+    t.apply(vec![dead]).unwrap();
+    now += 300;
+    l.tick(&t, now);
+    assert!(l.has_news());
 }

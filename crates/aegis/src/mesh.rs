@@ -58,7 +58,7 @@ use tokio::sync::watch;
 ///     (Duration::from_secs(600), Duration::from_secs(300))
 /// );
 /// assert_eq!((lan.leave_fanout, lan.leave_timeout), (32, Duration::from_secs(2)));
-/// assert_eq!(lan.client_lease, Duration::from_secs(30));
+/// assert_eq!(lan.client_lease, Duration::from_secs(60));
 ///
 /// // Far apart: slower, more patient.
 /// let wan = MeshConfig::wan();
@@ -109,10 +109,11 @@ pub struct MeshConfig {
     /// How long `shutdown` spends telling them. Default: 2 s.
     pub leave_timeout: Duration,
     /// A node that serves nothing (`start_client`) cannot be probed: it
-    /// renews its entry every third of this instead, and the others mark
+    /// renews its entry every half of this instead, and the others mark
     /// it dead when they have seen no renewal for this long (a crashed
-    /// client-only node used to stay alive in every view). Zero turns it
-    /// off. Default: 30 s (WAN: 60 s).
+    /// client-only node used to stay alive in every view). A longer lease
+    /// costs less traffic (`LivenessConfig::client_lease`); zero turns it
+    /// off. Default: 60 s (WAN: 120 s).
     pub client_lease: Duration,
 }
 
@@ -157,7 +158,7 @@ impl MeshConfig {
             sync_timeout: Duration::from_secs(5),
             suspicion_mult: 6,
             leave_timeout: Duration::from_secs(5),
-            client_lease: Duration::from_secs(60),
+            client_lease: Duration::from_secs(120),
             ..Self::lan()
         }
     }
