@@ -168,33 +168,30 @@ pub fn parse(raw: &[String]) -> Result<Options, Usage> {
 }
 
 /// `discovery` authenticating as `user`, with the password from
-/// [`ETCD_PASSWORD_ENV`].
-#[cfg(feature = "etcd")]
+/// [`ETCD_PASSWORD_ENV`] (parsing took a user only with etcd discovery).
 fn with_etcd_user(
     discovery: aegis::Discovery,
     user: Option<&str>,
 ) -> Result<aegis::Discovery, String> {
-    match (discovery, user) {
-        (aegis::Discovery::Etcd(config), Some(user)) => {
-            let password = std::env::var(ETCD_PASSWORD_ENV).map_err(|_| {
-                format!("--etcd-user {user}: set its password in the environment variable {ETCD_PASSWORD_ENV}")
-            })?;
-            Ok(aegis::Discovery::Etcd(Box::new(
-                config.with_user(user, password),
-            )))
+    let Some(user) = user else {
+        return Ok(discovery);
+    };
+    let password = std::env::var(ETCD_PASSWORD_ENV).map_err(|_| {
+        format!(
+            "--etcd-user {user}: set its password in the environment variable {ETCD_PASSWORD_ENV}"
+        )
+    })?;
+    match discovery {
+        #[cfg(feature = "etcd")]
+        aegis::Discovery::Etcd(config) => Ok(aegis::Discovery::Etcd(Box::new(
+            config.with_user(user, password),
+        ))),
+        // Gossip: parsing refused a user.
+        other => {
+            drop(password);
+            Ok(other)
         }
-        (discovery, _) => Ok(discovery),
     }
-}
-
-/// Without etcd support no discovery takes a user (parsing refused it).
-#[cfg(not(feature = "etcd"))]
-#[allow(clippy::unnecessary_wraps)]
-fn with_etcd_user(
-    discovery: aegis::Discovery,
-    _user: Option<&str>,
-) -> Result<aegis::Discovery, String> {
-    Ok(discovery)
 }
 
 /// `aegis node ARGS`: runs the node until SIGINT or SIGTERM.

@@ -257,12 +257,11 @@ pub struct Liveness {
     /// The IDs of `seen`, sorted (for random choices that do not depend on
     /// hash order).
     members: Vec<NodeId>,
-    /// Members that serve nothing (a client-only node advertises port 0):
-    /// never probed, never asked for help, never sent news.
-    unreachable: std::collections::HashSet<NodeId>,
-    /// When the stamp of each member that serves nothing (this node too,
-    /// when it serves nothing) last rose here: the lease they renew.
-    renewed: HashMap<NodeId, u64>,
+    /// Members that serve nothing (a client-only node advertises port 0;
+    /// this node too, when it serves nothing): never probed, never asked
+    /// for help, never sent news. Each with the time its stamp last rose
+    /// here: the lease it renews.
+    unreachable: HashMap<NodeId, u64>,
     /// Renewals of this node's own entry (when it serves nothing).
     renewals: u64,
     /// Members by state (`[alive, suspect, dead, left]`), kept with `seen`.
@@ -344,8 +343,7 @@ impl Liveness {
             seen_version: None,
             seen: HashMap::new(),
             members: Vec::new(),
-            unreachable: std::collections::HashSet::new(),
-            renewed: HashMap::new(),
+            unreachable: HashMap::new(),
             renewals: 0,
             by_state: [0; 4],
             news: Vec::new(),
@@ -507,15 +505,14 @@ impl Liveness {
             self.members.insert(at, id.clone());
         }
         if e.info.address.ends_with(":0") {
-            self.unreachable.insert(id.clone());
             // A new stamp (a renewal, a refutation, a restart) renews the
             // lease; so does the first sight of the member.
-            if before.is_none_or(|(stamp, _)| stamp != e.stamp) {
-                self.renewed.insert(id.clone(), now_ms);
+            let renewed = self.unreachable.entry(id.clone()).or_insert(now_ms);
+            if before.is_some_and(|(stamp, _)| stamp != e.stamp) {
+                *renewed = now_ms;
             }
         } else {
             self.unreachable.remove(id);
-            self.renewed.remove(id);
         }
         if let Some((_, was)) = before {
             self.by_state[state_index(was)] -= 1;
@@ -527,7 +524,8 @@ impl Liveness {
         // travels by anti-entropy alone (as news, each renewal would be
         // piggybacked by every node: with a tenth of the mesh client-only,
         // ten times the steady traffic).
-        let renewal = self.unreachable.contains(id) && before.is_some_and(|(_, s)| s == e.state);
+        let renewal =
+            self.unreachable.contains_key(id) && before.is_some_and(|(_, s)| s == e.state);
         if (!first && !renewal) || *id == self.local {
             enqueue(&mut self.news, id.clone());
         }
@@ -564,7 +562,6 @@ impl Liveness {
             self.members.remove(at);
         }
         self.unreachable.remove(id);
-        self.renewed.remove(id);
         if let Some((_, was)) = self.seen.remove(id) {
             self.by_state[state_index(was)] -= 1;
         }
@@ -588,7 +585,7 @@ impl Liveness {
                     t.started_ms = now_ms;
                 }
             }
-            for t in self.renewed.values_mut() {
+            for t in self.unreachable.values_mut() {
                 if *t == UNTIMED {
                     *t = now_ms;
                 }
@@ -605,7 +602,7 @@ impl Liveness {
             }
             // Renewals held up meanwhile get time to arrive.
             let floor = now_ms.saturating_sub(ms(self.config.client_lease) / 2);
-            for t in self.renewed.values_mut() {
+            for t in self.unreachable.values_mut() {
                 *t = (*t).max(floor);
             }
         }
@@ -650,7 +647,7 @@ impl Liveness {
             return Vec::new();
         }
         let mut silent: Vec<(NodeId, u64)> = self
-            .renewed
+            .unreachable
             .iter()
             .filter(|(id, since)| **id != self.local && now_ms.saturating_sub(**since) >= lease)
             .filter(|(id, _)| {
@@ -677,11 +674,10 @@ impl Liveness {
     /// nothing, so that others, which cannot probe it, know it is there.
     fn renew_own(&mut self, topology: &Topology, now_ms: u64) {
         let every = ms(self.config.client_lease) / 2;
-        if every == 0 || !self.unreachable.contains(&self.local) {
+        let Some(&last) = self.unreachable.get(&self.local) else {
             return;
-        }
-        let last = *self.renewed.entry(self.local.clone()).or_insert(now_ms);
-        if now_ms.saturating_sub(last) < every {
+        };
+        if every == 0 || now_ms.saturating_sub(last) < every {
             return;
         }
         let Some(me) = topology.get_node(self.local.as_str()) else {
@@ -691,7 +687,7 @@ impl Liveness {
         info.updated_at = 0;
         if topology.update_node(info).is_ok() {
             self.renewals += 1;
-            self.renewed.insert(self.local.clone(), now_ms);
+            self.unreachable.insert(self.local.clone(), now_ms);
         }
     }
 
@@ -726,7 +722,7 @@ impl Liveness {
 
     fn is_due(&self, id: &NodeId, now_ms: u64) -> bool {
         *id != self.local
-            && !self.unreachable.contains(id)
+            && !self.unreachable.contains_key(id)
             && self.seen.get(id).is_some_and(|(_, state)| match state {
                 NodeState::Left => false,
                 NodeState::Dead => self
@@ -805,7 +801,7 @@ impl Liveness {
     ) -> Vec<NodeId> {
         let ok = |id: &NodeId| {
             *id != self.local
-                && !self.unreachable.contains(id)
+                && !self.unreachable.contains_key(id)
                 && self.seen.get(id).is_some_and(|(_, s)| keep(id, *s))
         };
         let n = self.members.len();

@@ -95,8 +95,9 @@ pub struct MeshConnectInfo {
 /// [`CallerError::NoPeerInfo`] outside a mesh or TLS server,
 /// [`CallerError::NoTlsInfo`], [`CallerError::NoCertificate`].
 pub fn caller_from_request<T>(req: &Request<T>) -> Result<Arc<Caller>, CallerError> {
-    if let Some(info) = req.extensions().get::<MeshConnectInfo>() {
-        return info.caller.clone();
+    match caller_from_extensions(req.extensions()) {
+        Err(CallerError::NoPeerInfo) => {}
+        from_mesh_server => return from_mesh_server,
     }
     // A plain tonic TLS server: parse from its connection info.
     if req
@@ -108,6 +109,22 @@ pub fn caller_from_request<T>(req: &Request<T>) -> Result<Arc<Caller>, CallerErr
     }
     match req.peer_certs() {
         Some(chain) => Caller::from_chain(&chain).map(Arc::new),
+        None => Err(CallerError::NoPeerInfo),
+    }
+}
+
+/// The calling node of a request served by
+/// [`serve_routes`](crate::serve_routes), from the request's extensions:
+/// what a [`RoutesLayer`](crate::RoutesLayer) uses, where
+/// [`caller_from_request`] is for a tonic handler.
+///
+/// # Errors
+/// [`CallerError::NoPeerInfo`] for a request that did not come through a
+/// mesh server; otherwise why the connection's certificate names no
+/// caller.
+pub fn caller_from_extensions(extensions: &http::Extensions) -> Result<Arc<Caller>, CallerError> {
+    match extensions.get::<MeshConnectInfo>() {
+        Some(info) => info.caller.clone(),
         None => Err(CallerError::NoPeerInfo),
     }
 }

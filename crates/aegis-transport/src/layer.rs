@@ -19,8 +19,8 @@ use tower::{Layer, Service};
 ///
 /// The layer sees each call as an `http::Request` whose extensions hold
 /// the [`MeshConnectInfo`](crate::MeshConnectInfo) of its connection, so
-/// middleware can decide by the calling node; [`caller_from_extensions`]
-/// reads it. Layers whose service can fail (a timeout, a load shedder)
+/// middleware can decide by the calling node;
+/// [`caller_from_extensions`](crate::caller_from_extensions) reads it. Layers whose service can fail (a timeout, a load shedder)
 /// must turn their error into a response first, as axum requires of every
 /// route (`axum::error_handling::HandleErrorLayer`).
 ///
@@ -76,23 +76,5 @@ impl RoutesLayer {
 impl fmt::Debug for RoutesLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("RoutesLayer")
-    }
-}
-
-/// The calling node of a request served by [`serve_routes`](crate::serve_routes),
-/// from the request's extensions: what a [`RoutesLayer`] uses, where
-/// [`caller_from_request`](crate::caller_from_request) is for a tonic
-/// handler.
-///
-/// # Errors
-/// [`CallerError::NoPeerInfo`](crate::CallerError::NoPeerInfo) for a
-/// request that did not come through a mesh server; otherwise why the
-/// connection's certificate names no caller.
-pub fn caller_from_extensions(
-    extensions: &http::Extensions,
-) -> Result<Arc<crate::Caller>, crate::CallerError> {
-    match extensions.get::<crate::MeshConnectInfo>() {
-        Some(info) => info.caller.clone(),
-        None => Err(crate::CallerError::NoPeerInfo),
     }
 }

@@ -41,8 +41,8 @@ pub mod metrics;
 mod server;
 
 pub use caller::{
-    Caller, CallerError, MeshConnectInfo, PeerCertificate, caller_from_request,
-    must_caller_from_request,
+    Caller, CallerError, MeshConnectInfo, PeerCertificate, caller_from_extensions,
+    caller_from_request, must_caller_from_request,
 };
 pub use credentials::{Checked, Credentials, CredentialsWatcher, RenewalConfig};
 pub use dial::{
@@ -50,5 +50,5 @@ pub use dial::{
     mtls_channel, mtls_channel_observed, peer_certificate,
 };
 pub use error::TransportError;
-pub use layer::{RoutesLayer, caller_from_extensions};
+pub use layer::RoutesLayer;
 pub use server::{ServerConfig, ServerHandle, serve_routes};
